@@ -1,0 +1,1 @@
+"""netpoll: an asyncio-compatible event loop on epoll/kqueue/poll."""

@@ -1,0 +1,1 @@
+"""netpoll's keep-alive HTTP/1.1 server and web framework."""

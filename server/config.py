@@ -1,0 +1,71 @@
+"""One place for every limit and timeout of the HTTP server.
+
+The CLI, ``App.run`` and the tests all build a :class:`Config`; nothing else in ``server``
+holds a default of its own. Defaults follow the limits table in the design brief.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Server settings. Frozen: derive variants with :meth:`with_`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Path of a Unix domain socket to listen on instead of host/port.
+    uds: str | None = None
+    #: An inherited, already listening socket fd (systemd-style activation).
+    fd: int | None = None
+    #: "netpoll" (default), "uvloop" or "asyncio".
+    loop: str = "netpoll"
+    #: "auto" (native for an App, ASGI for any other callable), "native" or "asgi".
+    interface: str = "auto"
+    workers: int = 1
+    backlog: int = 2048
+    #: ("/prefix", "/directory") pairs served as static files.
+    static: tuple[tuple[str, str], ...] = ()
+    autoindex: bool = False
+    access_log: bool = False
+    log_level: str = "info"
+    server_header: str = "netpoll"
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    # --- limits (answer in the comment) ---
+    max_request_line: int = 8 * KiB  # 414
+    max_header_size: int = 16 * KiB  # 431 (the whole header block)
+    max_header_count: int = 100  # 431
+    max_body_size: int = 1 * MiB  # 413
+    max_chunk_ext: int = 4 * KiB  # 400: huge chunk extensions
+    max_requests_per_connection: int = 1000  # Connection: close on the last one
+    max_pipelined: int = 16  # requests waiting before reading pauses
+    max_drain_body: int = 256 * KiB  # unread body drained before reuse, else close
+    max_connections: int = 10000  # pool size
+    #: What to do beyond max_connections: "503" (answer and close) or "defer" (stop accepting).
+    overload: str = "503"
+
+    # --- timeouts, seconds ---
+    header_timeout: float = 10.0  # whole head must arrive by then: 408, close
+    keepalive_timeout: float = 5.0  # idle between requests: close silently
+    body_timeout: float = 30.0  # no body bytes for this long: 408, close
+    send_timeout: float = 30.0  # client not reading for this long: close
+    request_timeout: float | None = None  # handler deadline (503), off by default
+    graceful_timeout: float = 30.0  # shutdown: then force-close
+
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def with_(self, **changes: Any) -> Config:
+        """Return a copy with ``changes`` applied (unknown names raise TypeError)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every setting's name, in declaration order."""
+        return [f.name for f in fields(cls)]

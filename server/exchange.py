@@ -1,0 +1,129 @@
+"""The contract between the HTTP connection layer and the application layers.
+
+The connection layer (``server.connection``) parses bytes into a :class:`RequestHead`, then
+hands one :class:`Exchange` per request to an *app handler*: ``async def handler(exchange)``.
+The native framework (``server.app``), the ASGI adapter (``server.asgi``) and the in-memory
+test client (``server.testing``) all sit on this one interface, so none of them knows how a
+response is framed or written, and the connection layer knows nothing of routing.
+
+Rules every implementation keeps:
+
+* exactly one of ``respond`` / ``start`` is called per exchange (a second call raises
+  :class:`ResponseStarted`); after ``start``, zero or more ``write``/``sendfile`` calls and
+  one ``end``;
+* header names and values are bytes; names are sent as given (lower-case is fine); a value or
+  name containing CR, LF or NUL raises :class:`InvalidHeader` *before* anything is sent,
+  so a handler can never split a response;
+* ``Content-Length``, ``Transfer-Encoding``, ``Date``, ``Server`` and ``Connection`` are added
+  by the connection layer when the handler did not supply them;
+* if the handler returns without responding, the connection answers 500 when nothing was sent,
+  and aborts the connection when a response was started but not ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ExchangeError(Exception):
+    """Base class of the errors an Exchange raises to its handler."""
+
+
+class ResponseStarted(ExchangeError):
+    """``respond``/``start`` called twice on one exchange."""
+
+
+class InvalidHeader(ExchangeError):
+    """A handler-supplied header name or value contains CR, LF, NUL or is otherwise invalid."""
+
+
+class ClientDisconnected(ExchangeError):
+    """The client went away: mid-body on ``receive``, or while a response is written."""
+
+
+class BodyTooLarge(ExchangeError):
+    """The request body exceeds the configured limit (the connection answers 413)."""
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A parsed request line and header block.
+
+    ``headers`` keeps the order and duplicates of the wire, names lower-cased.
+    ``path`` is percent-decoded exactly once (for routing); ``raw_path`` is the target's path
+    exactly as received; ``query_string`` is the raw bytes after ``?`` (without it).
+    """
+
+    method: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    http_version: str  # "1.0" or "1.1"
+    headers: Headers
+    keep_alive: bool = True
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    scheme: str = "http"
+    expect_continue: bool = False
+    state: dict[str, object] = field(default_factory=dict)
+
+    def get_header(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        """First value of header ``name`` (lower-case bytes), or ``default``."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+
+class Exchange(Protocol):
+    """One request and its response on a connection (see the module docstring)."""
+
+    head: RequestHead
+
+    async def receive(self) -> bytes:
+        """Next chunk of the request body; ``b""`` once the body is complete.
+
+        Sends ``100 Continue`` first when the client asked for it. Raises
+        :class:`ClientDisconnected` if the peer goes away before the body is complete and
+        :class:`BodyTooLarge` when the body passes the limit.
+        """
+        ...
+
+    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        """Send a whole response at once (Content-Length computed). HEAD sends no body."""
+        ...
+
+    def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
+        """Begin a streamed response; chunked on HTTP/1.1 when ``content_length`` is None."""
+        ...
+
+    async def write(self, chunk: bytes) -> None:
+        """Send a body chunk; waits while the client is not reading (backpressure)."""
+        ...
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``file`` from ``offset`` (zero-copy where the loop can)."""
+        ...
+
+    async def end(self) -> None:
+        """Finish the response (final chunk for chunked encoding)."""
+        ...
+
+    @property
+    def response_started(self) -> bool:
+        """True once ``respond`` or ``start`` was called."""
+        ...
+
+    @property
+    def disconnected(self) -> bool:
+        """True once the client connection is gone."""
+        ...
+
+
+class AppHandler(Protocol):
+    """What the connection layer calls for each request."""
+
+    async def __call__(self, exchange: Exchange) -> None: ...
