@@ -1,0 +1,69 @@
+"""epoll backend (Linux).
+
+Kernel facts this file relies on:
+
+* epoll watches the *open file description*, not the fd number. Closing an fd removes it from
+  the interest list only when no other fd (a ``dup``, a forked child) refers to the same
+  description. So the loop always unregisters before closing; an fd number reused by a new socket
+  is then registered afresh and cannot inherit stale interest.
+* ``EPOLLERR`` and ``EPOLLHUP`` are always reported, whether asked for or not. We pass them to
+  both the reader and the writer (``READ``/``WRITE`` below), so the side that is waiting finds
+  the error on its next ``recv``/``send`` instead of the loop spinning on an unhandled event.
+* ``epoll_wait`` timeouts are in milliseconds; the interpreter rounds a float timeout *up*, so a
+  timer is never woken early and spun on.
+* Level-triggered, not edge-triggered. Edge-triggered mode would save the ``epoll_ctl`` calls
+  that pause/resume-reading and add/remove-writer make, but it obliges every reader to drain the
+  socket until ``EAGAIN`` on each event (an extra ``recv`` per request on keep-alive traffic)
+  and makes ``add_reader`` callbacks written for level semantics (the whole asyncio ecosystem)
+  miss wake-ups. Our transports keep the reader registered for the connection's lifetime and
+  register the writer only when the kernel refused bytes, so ``epoll_ctl`` is off the hot path
+  anyway.
+* ``EPOLLEXCLUSIVE`` (Linux 4.5) avoids thundering herds on a listening socket shared by several
+  processes; the server's workers use ``SO_REUSEPORT`` sockets of their own instead.
+"""
+
+from __future__ import annotations
+
+import select
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+# index: selectors mask (1 = read, 2 = write) -> epoll mask
+_NATIVE = (0, _IN, _OUT, _IN | _OUT)
+
+
+class EpollPoller:
+    name = "epoll"
+    READ = ~_OUT  # anything but "only writable" wakes the reader (IN, ERR, HUP, RDHUP, PRI)
+    WRITE = ~_IN  # anything but "only readable" wakes the writer (OUT, ERR, HUP)
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._count = 0  # registered fds, for a repr
+
+    def register(self, fd: int, events: int) -> None:
+        self._ep.register(fd, _NATIVE[events])
+        self._count += 1
+
+    def modify(self, fd: int, events: int) -> None:
+        self._ep.modify(fd, _NATIVE[events])
+
+    def unregister(self, fd: int) -> None:
+        self._count -= 1
+        try:
+            self._ep.unregister(fd)
+        except OSError:  # already closed: the kernel dropped it with the last reference
+            pass
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        return self._ep.poll(-1 if timeout is None else timeout)
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def close(self) -> None:
+        self._ep.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._ep.closed else f"fd={self._ep.fileno()}"
+        return f"<EpollPoller {state} watching={self._count}>"
