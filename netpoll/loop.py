@@ -125,10 +125,7 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         ready = self._ready
         # drop cancelled timers: in bulk when they are many, else just off the top
         n_sched = len(scheduled)
-        if (
-            n_sched > _MIN_CANCELLED
-            and self._timer_cancelled_count / n_sched > _CANCELLED_SHARE
-        ):
+        if n_sched > _MIN_CANCELLED and self._timer_cancelled_count / n_sched > _CANCELLED_SHARE:
             live = []
             for h in scheduled:
                 if h._cancelled:
@@ -175,32 +172,51 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         read_bits = self._poller.READ
         write_bits = self._poller.WRITE
         queue = self._ready.append
-        direct = not self._debug
+        if self._debug:  # everything through the queue, so slow callbacks are timed
+            for fd, mask in event_list:
+                key = keys.get(fd)
+                if key is not None:
+                    self._queue_io(fd, mask, key.data, read_bits, write_bits)
+            return
         for fd, mask in event_list:
             key = keys.get(fd)
             if key is None:
                 continue
-            if mask & read_bits:
-                reader = key.data[0]
-                if reader is not None:
-                    if reader._cancelled:
-                        self._remove_reader(fd)
-                    elif direct and reader.__class__ is IOHandle:
-                        reader._run()
-                        key = keys.get(fd)  # the reader may have closed or re-registered fd
-                        if key is None:
-                            continue
-                    else:
-                        queue(reader)
-            if mask & write_bits:
-                writer = key.data[1]
-                if writer is not None:
-                    if writer._cancelled:
-                        self._remove_writer(fd)
-                    elif direct and writer.__class__ is IOHandle:
-                        writer._run()
-                    else:
-                        queue(writer)
+            reader, writer = key.data
+            if reader is not None and mask & read_bits:
+                if reader.__class__ is IOHandle and not reader._cancelled:
+                    # netpoll's own transports and listeners: run now, no queue round trip.
+                    # Their callbacks handle their own errors (as asyncio's transports do).
+                    reader._context.run(reader._callback)
+                    if writer is None:
+                        continue
+                    key = keys.get(fd)  # the reader may have closed or re-registered fd
+                    if key is None:
+                        continue
+                    writer = key.data[1]
+                elif reader._cancelled:
+                    self._remove_reader(fd)
+                else:
+                    queue(reader)
+            if writer is not None and mask & write_bits:
+                if writer.__class__ is IOHandle and not writer._cancelled:
+                    writer._context.run(writer._callback)
+                elif writer._cancelled:
+                    self._remove_writer(fd)
+                else:
+                    queue(writer)
+
+    def _queue_io(self, fd: int, mask: int, data: Any, read_bits: int, write_bits: int) -> None:
+        reader, writer = data
+        for handle, bits, remove in (
+            (reader, read_bits, self._remove_reader),
+            (writer, write_bits, self._remove_writer),
+        ):
+            if handle is not None and mask & bits:
+                if handle._cancelled:
+                    remove(fd)
+                else:
+                    self._ready.append(handle)
 
     def _run_ready_debug(self) -> None:
         ready = self._ready
@@ -214,7 +230,9 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
                 h._run()
                 dt = self.time() - t0
                 if dt >= self.slow_callback_duration:
-                    logger.warning("Executing %s took %.3f seconds", base_events._format_handle(h), dt)
+                    logger.warning(
+                        "Executing %s took %.3f seconds", base_events._format_handle(h), dt
+                    )
             finally:
                 self._current_handle = None
 
@@ -353,8 +371,17 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             except OSError as exc:
                 if exc.errno not in _OUT_OF_FDS:
                     raise
-                self._accept_backoff(lfd, exc, protocol_factory, sock, sslcontext, server,
-                                     backlog, ssl_handshake_timeout, ssl_shutdown_timeout)
+                self._accept_backoff(
+                    lfd,
+                    exc,
+                    protocol_factory,
+                    sock,
+                    sslcontext,
+                    server,
+                    backlog,
+                    ssl_handshake_timeout,
+                    ssl_shutdown_timeout,
+                )
                 return
             self._accept_delay.pop(lfd, None)
             self._st_accepts += 1  # type: ignore[attr-defined]
@@ -487,4 +514,3 @@ def run(main: Any, *, debug: bool | None = None) -> Any:
     """Run coroutine ``main`` on a new netpoll loop, as ``asyncio.run`` does, and close it."""
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)
-

@@ -52,6 +52,17 @@ if hasattr(errno, "EOPNOTSUPP"):
 _SLICE_MAX = 1 << 20  # bytes per sendfile/splice call: one slice per loop turn, for fairness
 
 
+def _own_bytes(data: Any) -> Any:
+    """Validate a write() argument; copy mutable buffers the caller may reuse once we return."""
+    if isinstance(data, (bytearray, memoryview)):
+        if isinstance(data, bytearray) or not data.readonly:
+            return bytes(data)
+        return data
+    if isinstance(data, bytes):
+        return data
+    raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+
+
 def _set_nodelay(sock: socket.socket) -> None:
     if (
         sock.family in (socket.AF_INET, socket.AF_INET6)
@@ -278,73 +289,56 @@ class SocketTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if data.__class__ is not bytes:
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise TypeError(
-                    f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-                )
-            if isinstance(data, bytearray) or (
-                isinstance(data, memoryview) and not data.readonly
-            ):
-                data = bytes(data)  # the caller may reuse a mutable buffer once we return
+            data = _own_bytes(data)
+        if self._eof or self._empty_waiter is not None or self._conn_lost or not data:
+            if not self._may_write(data):
+                return
+        self._buffer.append(data)
+        self._bufsize += len(data)
+        if not self._corked and not self._writing:
+            self._corked = True
+            self._loop._dirty.append(self)  # type: ignore[union-attr]
+        if self._bufsize > self._high_water:
+            self._over_high_water()
+
+    def _may_write(self, data: Any) -> bool:
+        """The rare cases of write(): errors, empty data, a lost connection."""
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._empty_waiter is not None:
             raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
-            return
+            return False
         if self._conn_lost:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
-            return
-        self._buffer.append(data)
-        self._bufsize += len(data)
-        self._after_append()
+            return False
+        return True
 
     def writelines(self, list_of_data: Any) -> None:
-        if self._eof:
-            raise RuntimeError("Cannot call writelines() after write_eof()")
-        if self._empty_waiter is not None:
-            raise RuntimeError("unable to writelines; sendfile is in progress")
-        items = []
-        size = 0
-        for data in list_of_data:
-            if data.__class__ is not bytes:
-                if not isinstance(data, (bytes, bytearray, memoryview)):
-                    raise TypeError(
-                        f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-                    )
-                if isinstance(data, bytearray) or (
-                    isinstance(data, memoryview) and not data.readonly
-                ):
-                    data = bytes(data)
-            n = len(data)
-            if n:
-                items.append(data)
-                size += n
-        if not size:
-            return
-        if self._conn_lost:
-            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
-            return
-        self._buffer.extend(items)
+        items = [d if d.__class__ is bytes else _own_bytes(d) for d in list_of_data]
+        size = sum(map(len, items))
+        if self._eof or self._empty_waiter is not None or self._conn_lost or not size:
+            if not self._may_write(size):
+                return
+        self._buffer.extend(items)  # empty items are harmless: they count 0 bytes in sendmsg
         self._bufsize += size
-        self._after_append()
-
-    def _after_append(self) -> None:
         if not self._corked and not self._writing:
             self._corked = True
             self._loop._dirty.append(self)  # type: ignore[union-attr]
         if self._bufsize > self._high_water:
-            if not self._writing:
-                self._send_buffered()  # corked past the high-water mark: flush early
-                if self._buffer and not self._writing and not self._conn_lost:
-                    self._writing = True
-                    self._loop._add_io(self._sock_fd, False, self._on_writable)  # type: ignore[union-attr]
-            if self._bufsize > self._high_water:
-                self._pause_protocol()
+            self._over_high_water()
+
+    def _over_high_water(self) -> None:
+        """More than the high-water mark is buffered: flush early, pause the protocol if stuck."""
+        if not self._writing:
+            self._send_buffered()
+            if self._buffer and not self._writing and not self._conn_lost:
+                self._writing = True
+                self._loop._add_io(self._sock_fd, False, self._on_writable)  # type: ignore[union-attr]
+        if self._bufsize > self._high_water:
+            self._pause_protocol()
 
     def _send_buffered(self) -> None:
         """Send as much of ``_buffer`` as the kernel takes now (never blocks)."""
@@ -390,18 +384,40 @@ class SocketTransport(asyncio.Transport):
                 return
 
     def _flush(self) -> None:
-        """End of turn: send what was corked (called by the loop)."""
+        """End of turn: send what was corked (called by the loop, once per dirty transport)."""
         self._corked = False
-        if self._conn_lost or self._writing or not self._buffer:
+        buf = self._buffer
+        if self._conn_lost or self._writing or not buf:
             return
-        self._send_buffered()
-        if self._buffer:
+        if len(buf) == 1:  # the common case, inlined: one send, all taken
+            try:
+                n = self._sock.send(buf[0])  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            loop = self._loop
+            loop._st_writes += 1  # type: ignore[union-attr]
+            loop._st_iovecs += 1  # type: ignore[union-attr]
+            loop._st_bytes_out += n  # type: ignore[union-attr]
+            if n == self._bufsize:
+                buf.clear()
+                self._bufsize = 0
+            elif n:
+                buf[0] = memoryview(buf[0])[n:]
+                self._bufsize -= n
+        else:
+            self._send_buffered()
+        if buf:
             if not self._conn_lost:
                 self._writing = True
                 self._loop._add_io(self._sock_fd, False, self._on_writable)  # type: ignore[union-attr]
             if self._bufsize > self._high_water:
                 self._pause_protocol()
-        else:
+        elif self._protocol_paused or self._empty_waiter or self._closing or self._eof:
             self._drained()
 
     def _on_writable(self) -> None:
@@ -704,4 +720,3 @@ class SocketTransport(asyncio.Transport):
             if w is not None and not w.done():
                 w.cancel()
             self._end_zero_copy()
-

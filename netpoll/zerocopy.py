@@ -99,5 +99,3 @@ async def splice(transport: asyncio.WriteTransport, pipe_fd: int, count: int | N
             if resume:
                 transport.resume_reading()
     return await _write_all(transport, _pipe_chunks(pipe_fd, count))
-
-
