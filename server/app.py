@@ -1,0 +1,398 @@
+"""The native framework: :class:`App` routes each Exchange to an ``async def handler(request)``.
+
+Theory of operation. ``App`` *is* an app handler: the connection layer calls
+``await app(exchange)`` once per request. Two paths:
+
+* **Fast path** (no middleware): one dict lookup of ``head.path`` in the router's static table,
+  one of ``head.method``, a lazily-parsing :class:`~server.request.Request`, the handler, and a
+  single ``exchange.respond`` for ``str``/``bytes``/``dict``/``list``/whole-body responses. No
+  regex, no header or query parsing, no per-request allocation beyond the Request and the
+  response header list.
+* **General path**: parametrised routes (one regex each), 404 / 405 (+ ``Allow``) / 308 slash
+  redirect, and the middleware chain. The route is resolved *before* middleware runs, so a
+  middleware sees ``request.path_params``/``request.endpoint``; 404s and 405s still pass
+  through middleware as ordinary responses. Middleware registered first is outermost.
+
+Errors. ``HTTPException(status, detail)`` becomes that response. ``@app.exception_handler(T)``
+handlers are looked up along the exception's MRO and return a response. Anything else is logged
+once on ``logging.getLogger("server.app")`` and answered with a generic 500 when nothing was
+sent yet; if a response had started, the handler returns without ending it and the connection
+layer aborts the connection. A client that disconnected is not an error and is not logged;
+:class:`~server.exchange.BodyTooLarge` is answered 413.
+
+Startup/shutdown hooks run through :meth:`App.startup` / :meth:`App.shutdown` (the server and
+the test client call them). ``app.static(prefix, directory)`` mounts a simple, safe file handler
+(see :func:`safe_join`).
+"""
+
+from __future__ import annotations
+
+import html
+import http
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from server.config import Config
+from server.exchange import BodyTooLarge, ClientDisconnected, Exchange
+from server.request import Request
+from server.response import (
+    CT_BYTES,
+    CT_JSON,
+    CT_TEXT,
+    FileResponse,
+    HTMLResponse,
+    RedirectResponse,
+    Response,
+    dump_json,
+    to_response,
+)
+from server.routing import Endpoint, Handler, Router
+
+log = logging.getLogger("server.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+CallNext = Callable[[Request], Awaitable[Response]]
+Middleware = Callable[[Request, CallNext], Awaitable[Any]]
+ExceptionHandler = Callable[[Request, Exception], Awaitable[Any]]
+
+
+class HTTPException(Exception):
+    """Raise from a handler to answer ``status`` with ``detail`` (default: the reason phrase)."""
+
+    def __init__(
+        self, status: int, detail: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.detail = detail if detail is not None else _phrase(status)
+        self.headers = headers
+        super().__init__(status, self.detail)
+
+    def response(self) -> Response:
+        return Response(self.detail, self.status, self.headers, "text/plain; charset=utf-8")
+
+    def __repr__(self) -> str:
+        return f"HTTPException({self.status}, {self.detail!r})"
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+class App:
+    """A web application: routes, middleware, hooks and error handlers."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()  # defaults for run(); the server passes its own
+        self.router = Router()
+        self.middlewares: list[Middleware] = []  # registration order, first is outermost
+        self.startup_hooks: list[Callable[[], Any]] = []
+        self.shutdown_hooks: list[Callable[[], Any]] = []
+        self.exception_handlers: dict[type[BaseException], ExceptionHandler] = {}
+        self._chain: CallNext | None = None  # built middleware chain, None when no middleware
+        self._static = self.router.static  # same dict, bound for the fast path
+
+    # --- registration ---
+    def route(
+        self,
+        path: str,
+        methods: list[str] | tuple[str, ...] = ("GET",),
+        *,
+        max_body_size: int | None = None,
+        name: str | None = None,
+    ) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(f"route handler {func!r} must be an async def function")
+            self.router.add(path, methods, func, max_body_size=max_body_size, name=name)
+            return func
+
+        return decorator
+
+    def add_route(
+        self, path: str, func: Handler, methods: list[str] | tuple[str, ...] = ("GET",), **kw: Any
+    ) -> Endpoint:
+        return self.router.add(path, methods, func, **kw)
+
+    def get(self, path: str, **kw: Any) -> Callable[[F], F]:
+        return self.route(path, ("GET",), **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[F], F]:
+        return self.route(path, ("POST",), **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[F], F]:
+        return self.route(path, ("PUT",), **kw)
+
+    def patch(self, path: str, **kw: Any) -> Callable[[F], F]:
+        return self.route(path, ("PATCH",), **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[F], F]:
+        return self.route(path, ("DELETE",), **kw)
+
+    def add_middleware(self, mw: Middleware) -> None:
+        self.middlewares.append(mw)
+        self._chain = self._build_chain()
+
+    def middleware(self, mw: Middleware) -> Middleware:
+        """Decorator: ``async def mw(request, call_next) -> Response``."""
+        self.add_middleware(mw)
+        return mw
+
+    def on_startup(self, func: F) -> F:
+        self.startup_hooks.append(func)
+        return func
+
+    def on_shutdown(self, func: F) -> F:
+        self.shutdown_hooks.append(func)
+        return func
+
+    def exception_handler(self, exc_type: type[BaseException]) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
+            self.exception_handlers[exc_type] = func
+            return func
+
+        return decorator
+
+    def static(
+        self, prefix: str, directory: str | os.PathLike[str], *, autoindex: bool = False
+    ) -> None:
+        """Serve files under ``directory`` at ``prefix`` (GET/HEAD)."""
+        root = os.path.realpath(os.fspath(directory))
+        if not os.path.isdir(root):
+            raise ValueError(f"static directory does not exist: {directory}")
+        prefix = "/" + prefix.strip("/")
+        base = "" if prefix == "/" else prefix
+
+        async def static_files(request: Request) -> Response:
+            rel: str = request.path_params["path"]
+            target = safe_join(root, rel)
+            if target is None:
+                raise HTTPException(404)
+            if os.path.isdir(target):
+                if rel and not rel.endswith("/"):
+                    return RedirectResponse(request.path + "/", 308)
+                index = os.path.join(target, "index.html")
+                if os.path.isfile(index):
+                    return FileResponse(index)
+                if autoindex:
+                    return HTMLResponse(_listing(request.path, target))
+                raise HTTPException(404)
+            return FileResponse(target)
+
+        self.router.add(base + "/{path:path}", ("GET",), static_files, name=f"static:{prefix}")
+
+    # --- lifecycle ---
+    async def startup(self) -> None:
+        for hook in self.startup_hooks:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+
+    async def shutdown(self) -> None:
+        for hook in self.shutdown_hooks:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+
+    def run(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        workers: int | None = None,
+        loop: str | None = None,
+        **config: Any,
+    ) -> None:
+        """Serve this app (blocking) with ``self.config`` updated by the given settings."""
+        from server import serve
+        from server.cli import make_handler
+
+        given = {"host": host, "port": port, "workers": workers, "loop": loop}
+        cfg = self.config.with_(**{k: v for k, v in given.items() if v is not None}, **config)
+        handler, startup, shutdown = make_handler(self, cfg)
+        serve.run(handler, cfg, startup=startup, shutdown_hooks=shutdown)
+
+    # --- dispatch ---
+    async def __call__(self, exchange: Exchange) -> None:
+        head = exchange.head
+        if self._chain is None:
+            table = self._static.get(head.path)
+            if table is not None:
+                ep = table.get(head.method)
+                if ep is not None:
+                    request = Request(exchange, {}, ep)
+                    try:
+                        result = await ep.func(request)
+                        if type(result) is str:
+                            exchange.respond(200, [CT_TEXT], result.encode())
+                        else:
+                            await self._send(exchange, result)
+                    except Exception as exc:
+                        await self._error(exchange, request, exc)
+                    return
+        await self._general(exchange)
+
+    handler = __call__
+
+    async def _send(self, exchange: Exchange, result: Any) -> None:
+        if isinstance(result, Response):
+            if result.streaming:
+                await result.send(exchange)
+            else:
+                result.respond_now(exchange)
+        elif isinstance(result, dict | list):
+            exchange.respond(200, [CT_JSON], dump_json(result))
+        elif isinstance(result, bytes):
+            exchange.respond(200, [CT_BYTES], result)
+        elif isinstance(result, str):
+            exchange.respond(200, [CT_TEXT], result.encode())
+        elif result is None:
+            exchange.respond(204, [], b"")
+        else:
+            await self._send(exchange, to_response(result))
+
+    async def _general(self, exchange: Exchange) -> None:
+        head = exchange.head
+        ep, params, allow = self.router.lookup(head.method, head.path)
+        request = Request(exchange, params, ep)
+        try:
+            if self._chain is not None:
+                response = await self._chain(request)
+                await self._send(exchange, response)
+            elif ep is not None:
+                await self._send(exchange, await ep.func(request))
+            else:
+                self._unrouted(request, allow).respond_now(exchange)
+        except Exception as exc:
+            await self._error(exchange, request, exc)
+
+    def _unrouted(self, request: Request, allow: list[str]) -> Response:
+        if allow:
+            return Response(
+                "Method Not Allowed",
+                405,
+                [(b"allow", ", ".join(allow).encode())],
+                "text/plain; charset=utf-8",
+            )
+        other = self.router.redirect_slash(request.path)
+        if other is not None and request.method in (
+            "GET",
+            "HEAD",
+            "POST",
+            "PUT",
+            "PATCH",
+            "DELETE",
+        ):
+            qs = request.head.query_string
+            return RedirectResponse(other + ("?" + qs.decode("latin-1") if qs else ""), 308)
+        return Response("Not Found", 404, None, "text/plain; charset=utf-8")
+
+    async def _innermost(self, request: Request) -> Response:
+        ep = request.endpoint
+        if ep is None:
+            _, _, allow = self.router.lookup(request.method, request.path)
+            return self._unrouted(request, allow)
+        try:
+            return to_response(await ep.func(request))
+        except Exception as exc:
+            response = await self._handled(request, exc)
+            if response is None:
+                raise
+            return response
+
+    def _build_chain(self) -> CallNext | None:
+        if not self.middlewares:
+            return None
+        call: CallNext = self._innermost
+        for mw in reversed(self.middlewares):
+            call = _wrap(mw, call)
+        return call
+
+    async def _handled(self, request: Request, exc: Exception) -> Response | None:
+        """The response for a known exception, or None if nothing handles it."""
+        for cls in type(exc).__mro__:
+            handler = self.exception_handlers.get(cls)
+            if handler is not None:
+                return to_response(await handler(request, exc))
+        if isinstance(exc, HTTPException):
+            return exc.response()
+        if isinstance(exc, BodyTooLarge):
+            return Response(
+                "Request body too large",
+                413,
+                [(b"connection", b"close")],
+                "text/plain; charset=utf-8",
+            )
+        return None
+
+    async def _error(self, exchange: Exchange, request: Request, exc: Exception) -> None:
+        if isinstance(exc, ClientDisconnected) or exchange.disconnected:
+            return
+        try:
+            response = await self._handled(request, exc)
+        except Exception as exc2:  # an exception handler failed: report that one
+            exc = exc2
+            response = None
+        if response is not None and not exchange.response_started:
+            try:
+                await self._send(exchange, response)
+                return
+            except ClientDisconnected:
+                return
+            except Exception as exc3:
+                exc = exc3
+        elif response is not None:
+            return  # too late to answer; the connection aborts the half-sent response
+        log.error("Unhandled exception in %s %s", request.method, request.path, exc_info=exc)
+        if not exchange.response_started:
+            exchange.respond(500, [CT_TEXT], b"Internal Server Error")
+
+    def __repr__(self) -> str:
+        return (
+            f"<App routes={len(self.router.static)}+{len(self.router.dynamic)} "
+            f"middleware={len(self.middlewares)} hooks={len(self.startup_hooks)}/{len(self.shutdown_hooks)}>"
+        )
+
+
+def _wrap(mw: Middleware, nxt: CallNext) -> CallNext:
+    async def call(request: Request) -> Response:
+        return to_response(await mw(request, nxt))
+
+    return call
+
+
+def safe_join(root: str, rel: str) -> str | None:
+    """``root``/``rel`` resolved, or None when ``rel`` would leave ``root``.
+
+    ``rel`` is the already percent-decoded remainder of the URL path. Refused: NUL, backslash,
+    an absolute path (leading ``/``), any ``..`` segment, and anything whose real path (after
+    following symlinks) is outside the real ``root``.
+    """
+    if "\x00" in rel or "\\" in rel or rel.startswith("/"):
+        return None
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        return None
+    real = os.path.realpath(os.path.join(root, *parts))
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        return None
+    return real
+
+
+def _listing(url_path: str, directory: str) -> str:
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        names = []
+    items = []
+    for name in names:
+        suffix = "/" if os.path.isdir(os.path.join(directory, name)) else ""
+        href = html.escape(quote(name) + suffix, quote=True)
+        items.append(f'<li><a href="{href}">{html.escape(name + suffix)}</a></li>')
+    title = html.escape(url_path)
+    return f"<!doctype html><title>Index of {title}</title><h1>Index of {title}</h1><ul>{''.join(items)}</ul>"

@@ -1,0 +1,341 @@
+"""Command line: ``python -m server [MODULE:ATTR | DIRECTORY] [options]`` (also ``netpoll-server``).
+
+Theory of operation: :func:`parse_args` turns argv into a :class:`~server.config.Config`. The
+hand-written options cover where and how to serve; every other ``Config`` field (limits and
+timeouts) gets a generated ``--field-name`` option typed from its dataclass annotation, so a new
+limit in ``Config`` appears on the command line without touching this file.
+:func:`load_target` imports the application (the current directory is put on ``sys.path``);
+with no target the built-in demo app is served and ``server/demo/static`` mounted at
+``/static``; a directory target is served as static files at ``/``.
+
+:func:`make_handler` is shared by the CLI, :meth:`server.app.App.run` and the test clients: it
+picks the interface (``auto``: native for an :class:`~server.app.App`, ASGI for any other
+callable), mounts ``Config.static`` in front of the app, wraps the access log, and returns the
+handler with its startup/shutdown hooks for ``server.serve.run``.
+
+Every user error (bad module path, missing attribute, bad option value, taken port) is one line
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import fields
+from typing import Any, NoReturn
+
+from server.config import Config
+
+Hook = Callable[[], Awaitable[None]]
+
+# Options written by hand below; every other Config field gets a generated option.
+_MANUAL = {
+    "host",
+    "port",
+    "uds",
+    "fd",
+    "loop",
+    "interface",
+    "workers",
+    "static",
+    "autoindex",
+    "access_log",
+    "log_level",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "extra",
+}
+_CHOICES = {"overload": ("503", "defer")}
+
+
+class UsageError(Exception):
+    """A user error reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _nonneg_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _nonneg_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _optional(conv: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "off") else conv(text)
+
+    parse.__name__ = conv.__name__
+    return parse
+
+
+def _static_mount(text: str) -> tuple[str, str]:
+    prefix, sep, directory = text.partition("=")
+    if not sep or not prefix.startswith("/") or not directory:
+        raise argparse.ArgumentTypeError(
+            f"expected PREFIX=DIR with PREFIX starting with '/', got {text!r}"
+        )
+    if not os.path.isdir(directory):
+        raise argparse.ArgumentTypeError(f"not a directory: {directory!r}")
+    return prefix, os.path.abspath(directory)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="netpoll-server", description="Serve a netpoll App, an ASGI app or a directory."
+    )
+    p.add_argument(
+        "target", nargs="?", help="MODULE:ATTR of the app, or a directory (default: the demo app)"
+    )
+    p.add_argument("--host", default=Config.host)
+    p.add_argument("--port", type=_port, default=Config.port)
+    p.add_argument("--uds", help="listen on this Unix domain socket path")
+    p.add_argument("--fd", type=_nonneg_int, help="serve on this inherited, listening socket fd")
+    p.add_argument("--loop", choices=("netpoll", "uvloop", "asyncio"), default=Config.loop)
+    p.add_argument("--interface", choices=("auto", "native", "asgi"), default=Config.interface)
+    p.add_argument("--workers", type=_positive_int, default=Config.workers)
+    p.add_argument(
+        "--static",
+        type=_static_mount,
+        action="append",
+        default=[],
+        metavar="PREFIX=DIR",
+        help="serve DIR at PREFIX (repeatable)",
+    )
+    p.add_argument("--autoindex", action="store_true", help="list directories without index.html")
+    p.add_argument("--access-log", action="store_true", help="log one line per request")
+    p.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default=Config.log_level,
+    )
+    p.add_argument("--ssl-certfile")
+    p.add_argument("--ssl-keyfile")
+    p.add_argument(
+        "--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol"
+    )
+    p.add_argument("--root-path", default="", help="ASGI root_path")
+    limits = p.add_argument_group("limits and timeouts (see server/config.py)")
+    for f in fields(Config):
+        if f.name in _MANUAL:
+            continue
+        kind = str(f.type)
+        conv: Callable[[str], Any]
+        if kind.startswith("bool"):
+            limits.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+            )
+            continue
+        if kind.startswith("int"):
+            conv = _nonneg_int
+        elif kind.startswith("float"):
+            conv = _nonneg_float
+        else:
+            conv = str
+        if "None" in kind:
+            conv = _optional(conv)
+        limits.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=conv,
+            default=f.default,
+            choices=_CHOICES.get(f.name),
+            metavar=f.name.upper() if f.name not in _CHOICES else None,
+            help=f"default: {f.default}",
+        )
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, Config]:
+    """Parse argv into ``(target, Config)``; raises :class:`UsageError` on bad input."""
+    ns = build_parser().parse_args(argv)
+    values = {
+        name: getattr(ns, name)
+        for name in Config.names()
+        if name not in ("extra",) and hasattr(ns, name)
+    }
+    values["static"] = tuple(ns.static)
+    if (ns.ssl_certfile is None) != (ns.ssl_keyfile is None):
+        raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    extra = {"lifespan": ns.lifespan, "root_path": ns.root_path}
+    return ns.target, Config(**values, extra=extra)
+
+
+def load_target(target: str | None) -> Any:
+    """Import ``MODULE:ATTR`` (dotted ATTR allowed); raises :class:`UsageError` on failure."""
+    if target is None:
+        from server.demo import app
+
+        return app
+    if os.path.isdir(target):
+        from server.app import App
+
+        app = App()
+        app.static("/", target, autoindex=True)
+        return app
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"expected MODULE:ATTR or a directory, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise UsageError(f"cannot import module {module_name!r}: {exc}")
+        raise UsageError(f"error while importing {module_name!r}: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        raise UsageError(f"error while importing {module_name!r}: {type(exc).__name__}: {exc}")
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UsageError(f"module {module_name!r} has no attribute {attr!r}")
+    if not callable(obj):
+        raise UsageError(f"{target!r} is not callable (got {type(obj).__name__})")
+    return obj
+
+
+def make_handler(target: Any, config: Config) -> tuple[Any, list[Hook], list[Hook]]:
+    """The app handler for ``target`` plus its startup and shutdown hooks."""
+    from server.app import App
+    from server.asgi import ASGIHandler
+
+    interface = config.interface
+    if interface == "auto":
+        interface = "native" if isinstance(target, App) else "asgi"
+    startup: list[Hook] = []
+    shutdown: list[Hook] = []
+    handler: Any
+    if interface == "asgi":
+        handler = ASGIHandler(target, config)
+    elif interface == "native":
+        handler = target
+    else:
+        raise UsageError(f"unknown interface {interface!r}")
+    if hasattr(handler, "startup") and hasattr(handler, "shutdown"):
+        startup.append(handler.startup)
+        shutdown.append(handler.shutdown)
+    if config.static:
+        handler = StaticMounts(handler, config)
+    if config.access_log:
+        from server.accesslog import AccessLogHandler
+
+        handler = AccessLogHandler(handler)
+    return handler, startup, shutdown
+
+
+class StaticMounts:
+    """Serve ``Config.static`` mounts in front of an app handler (longest prefix first)."""
+
+    def __init__(self, inner: Any, config: Config) -> None:
+        from server.app import App
+
+        self.inner = inner
+        self.files = App()  # holds one static route per mount
+        self.prefixes: list[str] = []  # mount prefixes without trailing slash, longest first
+        for prefix, directory in config.static:
+            clean = "/" + prefix.strip("/")
+            self.files.static(clean, directory, autoindex=config.autoindex)
+            self.prefixes.append("" if clean == "/" else clean)
+        self.prefixes.sort(key=len, reverse=True)
+
+    async def __call__(self, exchange: Any) -> None:
+        path = exchange.head.path
+        for prefix in self.prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                await self.files(exchange)
+                return
+        await self.inner(exchange)
+
+    def __repr__(self) -> str:
+        return f"<StaticMounts {self.prefixes} -> {self.inner!r}>"
+
+
+def _check_port(config: Config) -> None:
+    """Fail early, with one line, when host:port cannot be bound."""
+    if config.uds is not None or config.fd is not None or config.port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot resolve host {config.host!r}: {exc}")
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m server`` and ``netpoll-server``; returns the exit status."""
+    try:
+        target, config = parse_args(argv)
+        logging.basicConfig(
+            level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+        )
+        app = load_target(target)
+        if target is None:
+            from server.demo import STATIC_DIR
+
+            if not any(p == "/static" for p, _ in config.static):
+                config = config.with_(static=(*config.static, ("/static", STATIC_DIR)))
+        handler, startup, shutdown = make_handler(app, config)
+        _check_port(config)
+        from server import serve
+
+        serve.run(handler, config, startup=startup, shutdown_hooks=shutdown)
+    except UsageError as exc:
+        print(f"netpoll-server: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            print(f"netpoll-server: error: cannot listen: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,433 @@
+"""Testing without sockets: an in-memory :class:`MemoryExchange` and a :class:`TestClient`.
+
+Theory of operation: :class:`MemoryExchange` implements the :class:`~server.exchange.Exchange`
+contract the way the connection layer does (one ``respond``/``start`` per exchange, header
+validation before anything is "sent", HEAD bodies suppressed, ``BodyTooLarge`` past
+``Config.max_body_size``, ``ClientDisconnected`` after :meth:`MemoryExchange.disconnect`) and
+records the response instead of framing it. :func:`run_exchange` calls an app handler on it
+with the connection layer's after-the-handler rules (500 when nothing was sent, *aborted* when a
+response was started but not ended).
+
+The clients build the app handler exactly as the server does (:func:`server.cli.make_handler`:
+native ``App``, any ASGI 3 app, or a raw ``async def handler(exchange)``), so they test the app
+layer the way the server calls it. :class:`AsyncTestClient` is for ``async`` tests;
+:class:`TestClient` drives its own event loop in the calling thread (so it cannot be used from
+inside a running loop: use the async client there). As context managers both run the app's
+startup and shutdown hooks (or the ASGI lifespan).
+
+    with TestClient(app) as client:
+        r = client.get("/users/1", params={"q": "x"})
+        assert r.status_code == 200 and r.json() == {...}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as jsonlib
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlencode, urlsplit
+
+from server.config import Config
+from server.exchange import (
+    BodyTooLarge,
+    ClientDisconnected,
+    ExchangeError,
+    InvalidHeader,
+    RequestHead,
+    ResponseStarted,
+)
+from server.exchange import (
+    Headers as RawHeaders,
+)
+from server.request import Headers
+
+_BAD = (b"\r", b"\n", b"\x00")
+
+
+def _check_headers(headers: RawHeaders) -> None:
+    for name, value in headers:
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise InvalidHeader(f"header name and value must be bytes: {name!r}: {value!r}")
+        if (
+            not name
+            or any(c in name for c in _BAD)
+            or any(c in value for c in _BAD)
+            or b":" in name
+        ):
+            raise InvalidHeader(f"invalid header {name!r}: {value!r}")
+
+
+class MemoryExchange:
+    """An Exchange whose request comes from memory and whose response is recorded."""
+
+    def __init__(
+        self,
+        head: RequestHead,
+        body: bytes | Iterable[bytes] = b"",
+        *,
+        max_body_size: int | None = None,
+    ) -> None:
+        self.head = head
+        self._chunks = [body] if isinstance(body, bytes) else list(body)  # unread request chunks
+        self._chunks = [c for c in self._chunks if c]
+        self._max_body = max_body_size  # None: unlimited
+        self._received = 0  # request body bytes handed out so far
+        self._disconnected = False
+        self.status: int | None = None  # response status once started
+        self.headers: RawHeaders = []  # response headers as the handler gave them
+        self.body_chunks: list[bytes] = []  # response body pieces, in order
+        self.ended = False  # True once respond() or end() completed the response
+        self.continue_sent = False  # True if the handler read the body of an Expect: 100 request
+        self.content_length: int | None = None  # declared length for start(), None: chunked
+
+    # --- client side controls ---
+    def disconnect(self) -> None:
+        """Simulate the client going away."""
+        self._disconnected = True
+
+    # --- the Exchange contract ---
+    async def receive(self) -> bytes:
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        if self.head.expect_continue:
+            self.continue_sent = True
+        if not self._chunks:
+            return b""
+        chunk = self._chunks.pop(0)
+        self._received += len(chunk)
+        if self._max_body is not None and self._received > self._max_body:
+            raise BodyTooLarge(f"request body exceeds {self._max_body} bytes")
+        return chunk
+
+    def respond(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        self._begin(status, headers)
+        if not any(k.lower() == b"content-length" for k, _ in headers):
+            self.headers.append((b"content-length", str(len(body)).encode()))
+        if body and self.head.method != "HEAD":
+            self.body_chunks.append(bytes(body))
+        self.ended = True
+
+    def start(self, status: int, headers: RawHeaders, content_length: int | None = None) -> None:
+        self._begin(status, headers)
+        self.content_length = content_length
+        if content_length is not None:
+            self.headers.append((b"content-length", str(content_length).encode()))
+        elif self.head.http_version == "1.1":
+            self.headers.append((b"transfer-encoding", b"chunked"))
+
+    def _begin(self, status: int, headers: RawHeaders) -> None:
+        if self.status is not None:
+            raise ResponseStarted("response already started")
+        _check_headers(headers)
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+        self.status = status
+        self.headers = list(headers)
+
+    async def write(self, chunk: bytes) -> None:
+        self._writable()
+        if chunk and self.head.method != "HEAD":
+            self.body_chunks.append(bytes(chunk))
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
+        self._writable()
+        if self.head.method != "HEAD":
+            self.body_chunks.append(os.pread(file.fileno(), count, offset))
+
+    async def end(self) -> None:
+        self._writable()
+        self.ended = True
+
+    def _writable(self) -> None:
+        if self.status is None:
+            raise ExchangeError("write before start")
+        if self.ended:
+            raise ExchangeError("response already ended")
+        if self._disconnected:
+            raise ClientDisconnected("client disconnected")
+
+    @property
+    def response_started(self) -> bool:
+        return self.status is not None
+
+    @property
+    def disconnected(self) -> bool:
+        return self._disconnected
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemoryExchange {self.head.method} {self.head.path!r} status={self.status} "
+            f"body={sum(map(len, self.body_chunks))}B ended={self.ended}>"
+        )
+
+
+class TestResponse:
+    """What a test client returns: ``status_code``, ``headers``, ``content``, ``text``, ``json()``."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, exchange: MemoryExchange, aborted: bool) -> None:
+        self.status_code: int = exchange.status or 0
+        self.headers = Headers(exchange.headers)
+        self.chunks = exchange.body_chunks  # body pieces as the app sent them
+        self.content = b"".join(exchange.body_chunks)
+        self.aborted = aborted  # the app started a response and never finished it
+        self.exchange = exchange
+
+    @property
+    def status(self) -> int:
+        return self.status_code
+
+    @property
+    def text(self) -> str:
+        ctype = self.headers.get("content-type") or ""
+        charset = "utf-8"
+        if "charset=" in ctype:
+            charset = ctype.split("charset=", 1)[1].split(";")[0].strip() or "utf-8"
+        return self.content.decode(charset, "replace")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+    def __repr__(self) -> str:
+        return f"<TestResponse {self.status_code} {len(self.content)}B{' aborted' if self.aborted else ''}>"
+
+
+async def run_exchange(handler: Any, exchange: MemoryExchange) -> bool:
+    """Run ``handler`` on ``exchange`` as the connection layer would; True if aborted."""
+    try:
+        await handler(exchange)
+    except ClientDisconnected:
+        return True
+    except Exception:
+        if not exchange.response_started:
+            exchange.respond(
+                500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
+            )
+            return False
+        return True
+    if not exchange.response_started:
+        exchange.respond(
+            500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
+        )
+        return False
+    return not exchange.ended
+
+
+def build_head(
+    method: str,
+    url: str,
+    *,
+    params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    cookies: Mapping[str, str] | None = None,
+    body_length: int | None = 0,
+    client: tuple[str, int] = ("testclient", 50000),
+    http_version: str = "1.1",
+) -> RequestHead:
+    """A :class:`RequestHead` as the connection layer would parse it for this request."""
+    parts = urlsplit(url)
+    raw_path = (parts.path or "/").encode("latin-1")
+    query = parts.query
+    if params:
+        extra = urlencode(
+            list(params.items()) if isinstance(params, Mapping) else list(params), doseq=True
+        )
+        query = f"{query}&{extra}" if query else extra
+    raw: RawHeaders = [(b"host", (parts.netloc or "testserver").encode("latin-1"))]
+    given = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+    names = {k.lower() for k, _ in given}
+    if "host" in names:
+        raw = []
+    raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in given)
+    if cookies:
+        raw.append((b"cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()).encode("latin-1")))
+    if body_length and "content-length" not in names and "transfer-encoding" not in names:
+        raw.append((b"content-length", str(body_length).encode()))
+    expect = any(
+        k == "expect" and v.lower() == "100-continue" for k, v in ((k.lower(), v) for k, v in given)
+    )
+    return RequestHead(
+        method=method.upper(),
+        path=unquote(raw_path.decode("latin-1")),
+        raw_path=raw_path,
+        query_string=query.encode("latin-1"),
+        http_version=http_version,
+        headers=raw,
+        keep_alive=True,
+        client=client,
+        server=("testserver", 80),
+        expect_continue=expect,
+    )
+
+
+class AsyncTestClient:
+    """``await client.get(...)`` against an app, in the running loop. ``async with`` runs hooks."""
+
+    __test__ = False
+
+    def __init__(
+        self, app: Any, *, config: Config | None = None, interface: str | None = None
+    ) -> None:
+        from server.cli import make_handler
+
+        self.config = config or Config()
+        if interface is not None:
+            self.config = self.config.with_(interface=interface)
+        self.handler, self._startup, self._shutdown = make_handler(app, self.config)
+        self.started = False  # startup hooks ran and shutdown did not yet
+
+    async def startup(self) -> None:
+        for hook in self._startup:
+            await hook()
+        self.started = True
+
+    async def shutdown(self) -> None:
+        if self.started:
+            self.started = False
+            for hook in self._shutdown:
+                await hook()
+
+    async def __aenter__(self) -> AsyncTestClient:
+        await self.startup()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        cookies: Mapping[str, str] | None = None,
+        content: bytes | str | Iterable[bytes] | None = None,
+        json: Any = None,
+        data: Mapping[str, Any] | None = None,
+        http_version: str = "1.1",
+    ) -> TestResponse:
+        hdrs = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        body: bytes | list[bytes]
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            hdrs.append(("content-type", "application/json"))
+        elif data is not None:
+            body = urlencode(data, doseq=True).encode()
+            hdrs.append(("content-type", "application/x-www-form-urlencoded"))
+        elif isinstance(content, str):
+            body = content.encode()
+        elif content is None or isinstance(content, bytes):
+            body = content or b""
+        else:
+            body = list(content)  # several chunks: sent as a chunked body
+            hdrs.append(("transfer-encoding", "chunked"))
+        length = len(body) if isinstance(body, bytes) else None
+        head = build_head(
+            method,
+            url,
+            params=params,
+            headers=hdrs,
+            cookies=cookies,
+            body_length=length,
+            http_version=http_version,
+        )
+        exchange = MemoryExchange(head, body, max_body_size=self.config.max_body_size)
+        aborted = await run_exchange(self.handler, exchange)
+        return TestResponse(exchange, aborted)
+
+    async def get(self, url: str, **kw: Any) -> TestResponse:
+        return await self.request("GET", url, **kw)
+
+    async def head(self, url: str, **kw: Any) -> TestResponse:
+        return await self.request("HEAD", url, **kw)
+
+    async def post(self, url: str, **kw: Any) -> TestResponse:
+        return await self.request("POST", url, **kw)
+
+    async def put(self, url: str, **kw: Any) -> TestResponse:
+        return await self.request("PUT", url, **kw)
+
+    async def patch(self, url: str, **kw: Any) -> TestResponse:
+        return await self.request("PATCH", url, **kw)
+
+    async def delete(self, url: str, **kw: Any) -> TestResponse:
+        return await self.request("DELETE", url, **kw)
+
+    async def options(self, url: str, **kw: Any) -> TestResponse:
+        return await self.request("OPTIONS", url, **kw)
+
+    def __repr__(self) -> str:
+        return f"<AsyncTestClient handler={self.handler!r} started={self.started}>"
+
+
+class TestClient:
+    """Synchronous test client: ``client.get("/x")``. Drives a private event loop."""
+
+    __test__ = False
+
+    def __init__(
+        self, app: Any, *, config: Config | None = None, interface: str | None = None
+    ) -> None:
+        self._client = AsyncTestClient(app, config=config, interface=interface)
+        self._loop: asyncio.AbstractEventLoop | None = None  # created on first use
+
+    def _run(self, coro: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coro.close()
+            raise RuntimeError(
+                "TestClient cannot run inside a running event loop; use AsyncTestClient"
+            )
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def __enter__(self) -> TestClient:
+        self._run(self._client.startup())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._run(self._client.shutdown())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def request(self, method: str, url: str, **kw: Any) -> TestResponse:
+        return self._run(self._client.request(method, url, **kw))
+
+    def get(self, url: str, **kw: Any) -> TestResponse:
+        return self.request("GET", url, **kw)
+
+    def head(self, url: str, **kw: Any) -> TestResponse:
+        return self.request("HEAD", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> TestResponse:
+        return self.request("POST", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> TestResponse:
+        return self.request("PUT", url, **kw)
+
+    def patch(self, url: str, **kw: Any) -> TestResponse:
+        return self.request("PATCH", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> TestResponse:
+        return self.request("DELETE", url, **kw)
+
+    def options(self, url: str, **kw: Any) -> TestResponse:
+        return self.request("OPTIONS", url, **kw)
+
+    def __repr__(self) -> str:
+        return f"<TestClient {self._client!r} loop={'open' if self._loop else 'none'}>"

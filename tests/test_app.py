@@ -1,0 +1,506 @@
+"""The native framework through the in-memory test client: routing, Request, responses,
+middleware, hooks and error handlers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server import (
+    App,
+    FileResponse,
+    HTTPException,
+    JSONResponse,
+    RedirectResponse,
+    Request,
+    Response,
+    StreamingResponse,
+)
+from server.config import Config
+from server.routing import Router, compile_pattern
+from server.testing import AsyncTestClient, TestClient
+
+
+def make_app() -> App:
+    app = App()
+
+    @app.get("/")
+    async def root(request: Request) -> str:
+        return "root"
+
+    @app.get("/users/{id:int}")
+    async def user(request: Request) -> dict[str, object]:
+        return {"id": request.path_params["id"]}
+
+    @app.get("/f/{x:float}")
+    async def flt(request: Request) -> dict[str, object]:
+        return {"x": request.path_params["x"]}
+
+    @app.get("/u/{u:uuid}")
+    async def uid(request: Request) -> str:
+        assert isinstance(request.path_params["u"], uuid.UUID)
+        return str(request.path_params["u"])
+
+    @app.get("/files/{rest:path}")
+    async def files(request: Request) -> str:
+        return request.path_params["rest"]
+
+    @app.get("/s/{name}/x")
+    async def seg(request: Request) -> str:
+        return request.path_params["name"]
+
+    @app.route("/multi", methods=["POST", "PUT"])
+    async def multi(request: Request) -> str:
+        return request.method
+
+    @app.delete("/items/{id:int}")
+    async def delete_item(request: Request) -> None:
+        return None
+
+    @app.patch("/items/{id:int}")
+    async def patch_item(request: Request) -> bytes:
+        return b"\x00\x01"
+
+    @app.get("/slash/")
+    async def slash(request: Request) -> str:
+        return "slash"
+
+    return app
+
+
+@pytest.fixture
+def client() -> TestClient:
+    with TestClient(make_app()) as c:
+        yield c
+
+
+# --- routing ---
+
+
+def test_static_and_converters(client: TestClient) -> None:
+    assert client.get("/").text == "root"
+    assert client.get("/users/42").json() == {"id": 42}
+    assert client.get("/f/1.5").json() == {"x": 1.5}
+    u = "12345678-1234-5678-1234-567812345678"
+    assert client.get(f"/u/{u}").text == u
+    assert client.get("/files/a/b/c.txt").text == "a/b/c.txt"
+    assert client.get("/s/%E2%9C%93/x").text == "\u2713"  # percent-decoded once
+
+
+def test_converter_mismatch_is_404(client: TestClient) -> None:
+    for path in ("/users/abc", "/users/", "/f/x", "/u/not-a-uuid", "/s/a/b/x", "/nowhere"):
+        r = client.get(path)
+        assert r.status_code == 404, path
+        assert "not found" in r.text.lower()
+
+
+def test_405_with_allow(client: TestClient) -> None:
+    r = client.get("/multi")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST, PUT"
+    r = client.post("/users/1")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "GET, HEAD"
+    r = client.get("/items/3")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "DELETE, PATCH"
+
+
+def test_methods_and_result_types(client: TestClient) -> None:
+    assert client.post("/multi").text == "POST"
+    assert client.put("/multi").text == "PUT"
+    r = client.delete("/items/1")
+    assert r.status_code == 204 and r.content == b""
+    r = client.patch("/items/1")
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.content == b"\x00\x01"
+    r = client.get("/")
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert client.get("/users/1").headers["content-type"] == "application/json"
+
+
+def test_head_served_by_get(client: TestClient) -> None:
+    r = client.head("/users/7")
+    assert r.status_code == 200
+    assert r.content == b""
+    assert r.headers["content-length"] == str(len(b'{"id":7}'))
+
+
+def test_explicit_head_route_wins() -> None:
+    app = App()
+
+    @app.get("/x")
+    async def get(request: Request) -> str:
+        return "get"
+
+    @app.route("/x", methods=["HEAD"])
+    async def head(request: Request) -> Response:
+        return Response(b"", headers={"x-head": "1"})
+
+    with TestClient(app) as c:
+        assert c.head("/x").headers.get("x-head") == "1"
+        assert c.get("/x").text == "get"
+
+
+def test_trailing_slash_redirects(client: TestClient) -> None:
+    r = client.get("/slash?q=1")
+    assert r.status_code == 308
+    assert r.headers["location"] == "/slash/?q=1"
+    r = client.get("/users/5/")
+    assert r.status_code == 308
+    assert r.headers["location"] == "/users/5"
+    assert client.get("/slash/").text == "slash"
+
+
+def test_router_pattern_errors() -> None:
+    with pytest.raises(ValueError):
+        compile_pattern("no-slash")
+    with pytest.raises(ValueError):
+        compile_pattern("/{x:nope}")
+    with pytest.raises(ValueError):
+        compile_pattern("/{x}/{x}")
+    with pytest.raises(ValueError):
+        compile_pattern("/{x")
+    app = App()
+    with pytest.raises(TypeError):
+        app.get("/sync")(lambda request: "x")  # type: ignore[arg-type, return-value]
+    assert "static=0" in repr(Router())
+
+
+def test_static_route_is_dict_hit() -> None:
+    router = Router()
+
+    async def h(request: Request) -> str:
+        return ""
+
+    router.add("/a", ["GET"], h)
+    router.add("/b/{x}", ["GET"], h)
+    assert "/a" in router.static and len(router.dynamic) == 1
+    ep, params, allow = router.lookup("GET", "/a")
+    assert ep is not None and params == {} and allow == []
+
+
+# --- request API ---
+
+
+async def test_request_api() -> None:
+    app = App()
+    seen: dict[str, object] = {}
+
+    @app.post("/r")
+    async def r(request: Request) -> dict[str, object]:
+        seen["repr"] = repr(request)
+        request.state.user = "bob"
+        return {
+            "method": request.method,
+            "path": request.path,
+            "a": request.query["a"],
+            "alist": request.query.getlist("a"),
+            "missing": request.query.get("zz"),
+            "hdr": request.headers["X-Thing"],
+            "hdrs": request.headers.getlist("x-multi"),
+            "has": "x-thing" in request.headers,
+            "cookies": request.cookies,
+            "client": list(request.client or ()),
+            "json": await request.json(),
+            "state": request.state.user,
+            "version": request.http_version,
+        }
+
+    async with AsyncTestClient(app) as c:
+        res = await c.post(
+            "/r?a=1&a=2&b=",
+            headers=[("X-Thing", "v"), ("X-Multi", "1"), ("x-multi", "2")],
+            cookies={"sid": "abc", "t": "1"},
+            json={"k": [1, 2]},
+        )
+    assert res.status_code == 200, res.text
+    assert res.json() == {
+        "method": "POST",
+        "path": "/r",
+        "a": "1",
+        "alist": ["1", "2"],
+        "missing": None,
+        "hdr": "v",
+        "hdrs": ["1", "2"],
+        "has": True,
+        "cookies": {"sid": "abc", "t": "1"},
+        "client": ["testclient", 50000],
+        "json": {"k": [1, 2]},
+        "state": "bob",
+        "version": "1.1",
+    }
+    assert "POST" in str(seen["repr"])
+
+
+async def test_body_stream_and_form() -> None:
+    app = App()
+
+    @app.post("/stream")
+    async def stream(request: Request) -> dict[str, object]:
+        sizes = [len(c) async for c in request.stream()]
+        return {"sizes": sizes}
+
+    @app.post("/body")
+    async def body(request: Request) -> bytes:
+        first = await request.body()
+        assert await request.body() is first  # cached
+        return first
+
+    @app.post("/form")
+    async def form(request: Request) -> dict[str, object]:
+        f = await request.form()
+        return {"a": f.getlist("a"), "b": f["b"]}
+
+    @app.post("/json")
+    async def js(request: Request) -> object:
+        return await request.json()
+
+    async with AsyncTestClient(app) as c:
+        r = await c.post("/stream", content=[b"ab", b"cde", b"f"])
+        assert r.json() == {"sizes": [2, 3, 1]}
+        r = await c.post("/body", content=b"x" * 1000)
+        assert r.content == b"x" * 1000
+        r = await c.post("/form", data={"a": ["1", "2"], "b": "z z"})
+        assert r.json() == {"a": ["1", "2"], "b": "z z"}
+        r = await c.post("/form", content=b"a=1")
+        assert r.status_code == 415
+        r = await c.post("/json", content=b"{not json")
+        assert r.status_code == 400
+        assert "Invalid JSON" in r.text
+
+
+async def test_body_limits() -> None:
+    app = App()
+
+    @app.post("/small", max_body_size=10)
+    async def small(request: Request) -> bytes:
+        return await request.body()
+
+    @app.post("/chunked", max_body_size=10)
+    async def chunked(request: Request) -> bytes:
+        return await request.body()
+
+    @app.post("/big")
+    async def big(request: Request) -> bytes:
+        return await request.body()
+
+    async with AsyncTestClient(app, config=Config(max_body_size=100)) as c:
+        assert (await c.post("/small", content=b"0123456789")).status_code == 200
+        assert (await c.post("/small", content=b"01234567890")).status_code == 413
+        assert (await c.post("/chunked", content=[b"012345", b"6789ab"])).status_code == 413
+        assert (await c.post("/big", content=b"x" * 100)).status_code == 200
+        r = await c.post("/big", content=b"x" * 101)  # the server-wide limit (BodyTooLarge)
+        assert r.status_code == 413
+
+
+# --- responses ---
+
+
+async def test_response_kinds(tmp_path: Path) -> None:
+    (tmp_path / "a.css").write_text("body{}")
+    big = os.urandom(200_000)
+    (tmp_path / "big.bin").write_bytes(big)
+    app = App()
+
+    @app.get("/resp")
+    async def resp(request: Request) -> Response:
+        r = Response("created", status=201, headers={"X-A": "1"}, content_type="text/x-custom")
+        r.set_cookie("sid", "v 1", max_age=60, httponly=True)
+        r.set_cookie("other", "2", secure=True, samesite=None)
+        return r
+
+    @app.get("/json")
+    async def js(request: Request) -> Response:
+        return JSONResponse({"ü": [1, None]}, status=202)
+
+    @app.get("/redirect")
+    async def redir(request: Request) -> Response:
+        return RedirectResponse("/target path?x=1")
+
+    @app.get("/stream")
+    async def stream(request: Request) -> Response:
+        async def gen() -> AsyncIterator[str]:
+            for i in range(3):
+                yield f"{i};"
+
+        return StreamingResponse(gen(), content_type="text/plain")
+
+    @app.get("/sync-stream")
+    async def sync_stream(request: Request) -> Response:
+        return StreamingResponse([b"a", b"b"], headers={"content-length": "2"})
+
+    @app.get("/file/{name}")
+    async def file(request: Request) -> Response:
+        return FileResponse(tmp_path / request.path_params["name"])
+
+    @app.get("/download")
+    async def download(request: Request) -> Response:
+        return FileResponse(tmp_path / "a.css", filename="my file.css")
+
+    async with AsyncTestClient(app) as c:
+        r = await c.get("/resp")
+        assert r.status_code == 201 and r.text == "created"
+        assert r.headers["content-type"] == "text/x-custom"
+        assert r.headers["x-a"] == "1"
+        cookies = r.headers.getlist("set-cookie")
+        assert cookies[0].startswith('sid="v 1"') or cookies[0].startswith("sid=")
+        assert "Max-Age=60" in cookies[0] and "HttpOnly" in cookies[0] and "Path=/" in cookies[0]
+        assert "Secure" in cookies[1]
+        r = await c.get("/json")
+        assert r.status_code == 202 and r.json() == {"ü": [1, None]}
+        assert r.headers["content-type"] == "application/json"
+        r = await c.get("/redirect")
+        assert r.status_code == 307 and r.headers["location"] == "/target%20path?x=1"
+        r = await c.get("/stream")
+        assert r.chunks == [b"0;", b"1;", b"2;"]
+        assert r.headers["transfer-encoding"] == "chunked"
+        r = await c.get("/sync-stream")
+        assert r.content == b"ab" and r.headers["content-length"] == "2"
+        r = await c.head("/stream")
+        assert r.content == b"" and r.status_code == 200
+        r = await c.get("/file/a.css")
+        assert r.content == b"body{}" and r.headers["content-type"] == "text/css; charset=utf-8"
+        assert "last-modified" in r.headers
+        r = await c.get("/file/big.bin")
+        assert r.content == big and r.headers["content-length"] == str(len(big))
+        r = await c.head("/file/big.bin")
+        assert r.content == b"" and r.headers["content-length"] == str(len(big))
+        assert (await c.get("/file/missing.txt")).status_code == 404
+        r = await c.get("/download")
+        assert "attachment" in r.headers["content-disposition"]
+
+
+def test_invalid_response_header_is_500(caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+
+    @app.get("/bad")
+    async def bad(request: Request) -> Response:
+        return Response("x", headers=[(b"x-evil", b"a\r\nSet-Cookie: pwned=1")])
+
+    with caplog.at_level(logging.ERROR, logger="server.app"), TestClient(app) as c:
+        r = c.get("/bad")
+    assert r.status_code == 500
+    assert "pwned" not in r.headers.items().__repr__()
+
+
+# --- middleware, hooks, errors ---
+
+
+async def test_middleware_order_and_short_circuit() -> None:
+    app = App()
+    order: list[str] = []
+
+    @app.middleware
+    async def outer(request: Request, call_next):  # type: ignore[no-untyped-def]
+        order.append("outer-in")
+        response = await call_next(request)
+        response.headers["x-outer"] = "1"
+        order.append("outer-out")
+        return response
+
+    @app.middleware
+    async def inner(request: Request, call_next):  # type: ignore[no-untyped-def]
+        order.append("inner-in")
+        if request.path == "/blocked":
+            return Response("blocked", status=403)
+        response = await call_next(request)
+        order.append("inner-out")
+        return response
+
+    @app.get("/x/{n:int}")
+    async def x(request: Request) -> str:
+        order.append("handler")
+        return "ok"
+
+    async with AsyncTestClient(app) as c:
+        r = await c.get("/x/1")
+        assert r.text == "ok" and r.headers["x-outer"] == "1"
+        assert order == ["outer-in", "inner-in", "handler", "inner-out", "outer-out"]
+        r = await c.get("/blocked")
+        assert r.status_code == 403 and r.headers["x-outer"] == "1"
+        r = await c.get("/nope")  # 404s pass through middleware too
+        assert r.status_code == 404 and r.headers["x-outer"] == "1"
+        r = await c.post("/x/1")
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+
+
+async def test_hooks_run_in_order() -> None:
+    app = App()
+    events: list[str] = []
+
+    @app.on_startup
+    async def s1() -> None:
+        events.append("start1")
+
+    @app.on_startup
+    def s2() -> None:
+        events.append("start2")
+
+    @app.on_shutdown
+    async def d1() -> None:
+        events.append("stop")
+
+    @app.get("/")
+    async def root(request: Request) -> str:
+        return ",".join(events)
+
+    async with AsyncTestClient(app) as c:
+        assert (await c.get("/")).text == "start1,start2"
+    assert events == ["start1", "start2", "stop"]
+
+
+async def test_error_handlers(caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+
+    class Missing(LookupError):
+        pass
+
+    @app.exception_handler(LookupError)
+    async def lookup(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status=404)
+
+    @app.get("/http")
+    async def http(request: Request) -> str:
+        raise HTTPException(418, "teapot", headers={"x-tea": "1"})
+
+    @app.get("/missing")
+    async def missing(request: Request) -> str:
+        raise Missing("gone")
+
+    @app.get("/boom")
+    async def boom(request: Request) -> str:
+        raise RuntimeError("secret detail")
+
+    @app.get("/late")
+    async def late(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            yield b"part"
+            raise RuntimeError("mid-stream")
+
+        return StreamingResponse(gen())
+
+    async with AsyncTestClient(app) as c:
+        r = await c.get("/http")
+        assert r.status_code == 418 and r.text == "teapot" and r.headers["x-tea"] == "1"
+        r = await c.get("/missing")
+        assert r.status_code == 404 and r.json() == {"error": "gone"}
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="server.app"):
+            r = await c.get("/boom")
+        assert r.status_code == 500
+        assert "secret" not in r.text
+        assert len([rec for rec in caplog.records if rec.name == "server.app"]) == 1
+        r = await c.get("/late")
+        assert r.aborted and r.status_code == 200
+
+
+def test_repr_shows_state() -> None:
+    app = make_app()
+    assert "routes=" in repr(app)
+    assert "TestClient" in repr(TestClient(app))
