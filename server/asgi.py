@@ -65,13 +65,16 @@ class _Cycle:
         self.remaining: int | None = int(cl) if cl is not None and cl.isdigit() else None
         if te is None and self.remaining is None:
             self.remaining = 0
-        self.body_done = self.remaining == 0  # True once the whole body was handed out
+        self.body_done = False  # True once the last http.request event was handed out
         self.start: Message | None = None  # held http.response.start
         self.state = 0  # 0: nothing sent, 1: streaming, 2: response complete
         self.done: asyncio.Future[None] | None = None  # set when complete (for receive waiters)
 
     async def receive(self) -> Message:
         if not self.body_done:
+            if self.remaining == 0:
+                self.body_done = True
+                return {"type": "http.request", "body": b"", "more_body": False}
             try:
                 chunk = await self.exchange.receive()
             except ClientDisconnected:

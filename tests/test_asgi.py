@@ -1,0 +1,281 @@
+"""The ASGI 3 adapter with real Starlette and FastAPI apps and hand-written ASGI callables,
+through the in-memory exchange (end-to-end socket tests live in test_cli.py / the e2e tests)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.requests import Request as SRequest
+from starlette.responses import FileResponse as SFileResponse
+from starlette.responses import JSONResponse as SJSONResponse
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from server.asgi import ASGIHandler, LifespanFailure
+from server.config import Config
+from server.testing import AsyncTestClient, MemoryExchange, build_head, run_exchange
+
+
+class Item(BaseModel):
+    name: str
+    price: float
+
+
+def starlette_app(tmp_path: Path, events: list[str]) -> Starlette:
+    (tmp_path / "f.txt").write_bytes(b"file body")
+
+    async def hello(request: SRequest) -> PlainTextResponse:
+        return PlainTextResponse(
+            f"hi {request.path_params['name']} {request.query_params.get('q')}"
+        )
+
+    async def echo(request: SRequest) -> SJSONResponse:
+        data = await request.json()
+        return SJSONResponse({"got": data, "state": request.state.db})
+
+    async def stream(request: SRequest) -> StreamingResponse:
+        async def gen() -> AsyncIterator[bytes]:
+            for i in range(3):
+                yield f"{i}\n".encode()
+
+        return StreamingResponse(gen(), media_type="text/plain")
+
+    async def file(request: SRequest) -> SFileResponse:
+        return SFileResponse(tmp_path / "f.txt")
+
+    async def scope_view(request: SRequest) -> SJSONResponse:
+        s = request.scope
+        return SJSONResponse(
+            {
+                "asgi": s["asgi"],
+                "path": s["path"],
+                "raw_path": s["raw_path"].decode(),
+                "qs": s["query_string"].decode(),
+                "http_version": s["http_version"],
+                "scheme": s["scheme"],
+                "root_path": s["root_path"],
+                "client": list(s["client"]),
+                "ext": list(s["extensions"]),
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        events.append("startup")
+        yield {"db": "conn"}
+        events.append("shutdown")
+
+    return Starlette(
+        routes=[
+            Route("/hello/{name}", hello),
+            Route("/echo", echo, methods=["POST"]),
+            Route("/stream", stream),
+            Route("/file", file),
+            Route("/scope/{rest:path}", scope_view),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def test_starlette_app(tmp_path: Path) -> None:
+    events: list[str] = []
+    app = starlette_app(tmp_path, events)
+    async with AsyncTestClient(app) as c:
+        assert events == ["startup"]
+        r = await c.get("/hello/bob", params={"q": "x"})
+        assert r.status_code == 200 and r.text == "hi bob x"
+        r = await c.post("/echo", json={"a": [1, 2]})
+        assert r.json() == {"got": {"a": [1, 2]}, "state": "conn"}
+        r = await c.get("/stream")
+        assert r.content == b"0\n1\n2\n"
+        assert r.headers["transfer-encoding"] == "chunked"
+        r = await c.get("/file")  # pathsend -> exchange.sendfile
+        assert r.content == b"file body"
+        assert r.headers["content-length"] == "9"
+        r = await c.head("/file")
+        assert r.content == b"" and r.headers["content-length"] == "9"
+        r = await c.get("/scope/a%20b?x=1")
+        assert r.json() == {
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "path": "/scope/a b",
+            "raw_path": "/scope/a%20b",
+            "qs": "x=1",
+            "http_version": "1.1",
+            "scheme": "http",
+            "root_path": "",
+            "client": ["testclient", 50000],
+            "ext": ["http.response.pathsend"],
+        }
+        assert (await c.get("/nope")).status_code == 404
+    assert events == ["startup", "shutdown"]
+
+
+async def test_fastapi_app() -> None:
+    app = FastAPI()
+
+    @app.get("/items/{item_id}")
+    async def read(item_id: int, q: str | None = None) -> dict[str, Any]:
+        return {"item_id": item_id, "q": q}
+
+    @app.post("/items")
+    async def create(item: Item) -> Item:
+        return item
+
+    async with AsyncTestClient(app) as c:
+        r = await c.get("/items/5", params={"q": "z"})
+        assert r.json() == {"item_id": 5, "q": "z"}
+        r = await c.post("/items", json={"name": "pen", "price": 1.5})
+        assert r.json() == {"name": "pen", "price": 1.5}
+        r = await c.post("/items", json={"name": "pen"})
+        assert r.status_code == 422
+        r = await c.get("/items/abc")
+        assert r.status_code == 422
+
+
+async def test_receive_events_and_disconnect() -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while True:
+            msg = await receive()
+            seen.append(msg)
+            if not msg.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        seen.append(await receive())  # after the response: disconnect
+
+    async with AsyncTestClient(app) as c:
+        r = await c.post("/", content=[b"ab", b"cd"])
+        assert r.text == "ok"
+    assert seen == [
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    seen.clear()
+    async with AsyncTestClient(app) as c:
+        await c.post("/", content=b"abcd")  # Content-Length: no trailing empty event
+        await c.get("/")
+    assert seen[0] == {"type": "http.request", "body": b"abcd", "more_body": False}
+    assert seen[2] == {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def test_errors_before_and_after_start(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")  # auto mode: ignored
+        if scope["path"] == "/before":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise ValueError("before body")
+        if scope["path"] == "/after":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            raise ValueError("after body")
+        if scope["path"] == "/badheader":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"x", b"a\nb")]})
+            await send({"type": "http.response.body", "body": b"x"})
+        if scope["path"] == "/twice":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x"})
+            await send({"type": "http.response.body", "body": b"y"})
+        # "/nothing": returns without a response
+
+    with caplog.at_level(logging.ERROR, logger="server.asgi"):
+        async with AsyncTestClient(app) as c:
+            assert (await c.get("/before")).status_code == 500
+            r = await c.get("/after")
+            assert r.aborted and r.content == b"x"
+            assert (await c.get("/badheader")).status_code == 500
+            assert (await c.get("/nothing")).status_code == 500
+            r = await c.get("/twice")
+            assert r.status_code == 200 and r.content == b"x"
+    assert len(caplog.records) == 5
+
+
+async def test_send_after_disconnect_raises_oserror() -> None:
+    errors: list[BaseException] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        exchange.disconnect()
+        try:
+            await send({"type": "http.response.body", "body": b"y", "more_body": True})
+        except OSError as exc:
+            errors.append(exc)
+            raise
+
+    handler = ASGIHandler(app, Config())
+    exchange = MemoryExchange(build_head("GET", "/"))
+    aborted = await run_exchange(handler, exchange)
+    assert aborted
+    assert len(errors) == 1
+
+
+async def test_lifespan_modes() -> None:
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no db"})
+
+    async def unsupported(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            raise KeyError("lifespan")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with pytest.raises(LifespanFailure, match="no db"):
+        await ASGIHandler(failing, Config()).startup()
+    h = ASGIHandler(unsupported, Config())  # auto: carries on
+    await h.startup()
+    await h.shutdown()
+    with pytest.raises(LifespanFailure):
+        await ASGIHandler(unsupported, Config(), lifespan="on").startup()
+    off = ASGIHandler(failing, Config(), lifespan="off")
+    await off.startup()
+    await off.shutdown()
+    assert "lifespan=off" in repr(off)
+    with pytest.raises(ValueError):
+        ASGIHandler(failing, Config(), lifespan="maybe")
+    async with AsyncTestClient(unsupported) as c:
+        assert (await c.get("/")).text == "ok"
+
+
+async def test_shutdown_failure_reported() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.failed", "message": "flush failed"})
+                return
+
+    h = ASGIHandler(app, Config())
+    await h.startup()
+    with pytest.raises(LifespanFailure, match="flush failed"):
+        await h.shutdown()
+
+
+async def test_loadtest_asgi_app() -> None:
+    from loadtest.apps import app, asgi_app
+
+    for target in (app, asgi_app):
+        async with AsyncTestClient(target) as c:
+            r = await c.get("/plaintext")
+            assert r.text == "Hello, World!" and r.headers["content-type"].startswith("text/plain")
+            r = await c.get("/json")
+            assert r.json() == {"message": "Hello, World!"}
+            assert r.headers["content-type"] == "application/json"
