@@ -52,6 +52,8 @@ _MANUAL = {
     "extra",
 }
 _CHOICES = {"overload": ("503", "defer")}
+# Defaults read from the dataclass fields (a slots dataclass has no class-level defaults).
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config)}
 
 
 class UsageError(Exception):
@@ -123,13 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "target", nargs="?", help="MODULE:ATTR of the app, or a directory (default: the demo app)"
     )
-    p.add_argument("--host", default=Config.host)
-    p.add_argument("--port", type=_port, default=Config.port)
+    p.add_argument("--host", default=_DEFAULTS["host"])
+    p.add_argument("--port", type=_port, default=_DEFAULTS["port"])
     p.add_argument("--uds", help="listen on this Unix domain socket path")
     p.add_argument("--fd", type=_nonneg_int, help="serve on this inherited, listening socket fd")
-    p.add_argument("--loop", choices=("netpoll", "uvloop", "asyncio"), default=Config.loop)
-    p.add_argument("--interface", choices=("auto", "native", "asgi"), default=Config.interface)
-    p.add_argument("--workers", type=_positive_int, default=Config.workers)
+    p.add_argument("--loop", choices=("netpoll", "uvloop", "asyncio"), default=_DEFAULTS["loop"])
+    p.add_argument(
+        "--interface", choices=("auto", "native", "asgi"), default=_DEFAULTS["interface"]
+    )
+    p.add_argument("--workers", type=_positive_int, default=_DEFAULTS["workers"])
     p.add_argument(
         "--static",
         type=_static_mount,
@@ -143,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
-        default=Config.log_level,
+        default=_DEFAULTS["log_level"],
     )
     p.add_argument("--ssl-certfile")
     p.add_argument("--ssl-keyfile")

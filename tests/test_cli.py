@@ -1,0 +1,206 @@
+"""The command line: option parsing (in process) and user errors (``python -m server`` in a
+subprocess: one line on stderr, exit status 2)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server import App
+from server.cli import UsageError, load_target, make_handler, parse_args
+from server.config import Config
+from server.testing import TestClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("netpoll-server: error:")
+    assert fragment in lines[0]
+
+
+# --- in process ---
+
+
+def test_parse_defaults_and_generated_options() -> None:
+    target, cfg = parse_args([])
+    assert target is None
+    assert cfg.port == Config().port and cfg.loop == "netpoll" and cfg.static == ()
+    target, cfg = parse_args(
+        [
+            "pkg.mod:app",
+            "--port",
+            "9000",
+            "--workers",
+            "3",
+            "--loop",
+            "asyncio",
+            "--max-body-size",
+            "123",
+            "--keepalive-timeout",
+            "1.5",
+            "--request-timeout",
+            "none",
+            "--overload",
+            "defer",
+            "--access-log",
+            "--static",
+            f"/s={ROOT}",
+            "--lifespan",
+            "off",
+        ]
+    )
+    assert target == "pkg.mod:app"
+    assert (cfg.port, cfg.workers, cfg.loop) == (9000, 3, "asyncio")
+    assert cfg.max_body_size == 123 and cfg.keepalive_timeout == 1.5 and cfg.request_timeout is None
+    assert cfg.overload == "defer" and cfg.access_log
+    assert cfg.static == (("/s", str(ROOT)),)
+    assert cfg.extra["lifespan"] == "off"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "http"],
+        ["--port", "70000"],
+        ["--workers", "0"],
+        ["--max-body-size", "-1"],
+        ["--keepalive-timeout", "soon"],
+        ["--loop", "tokio"],
+        ["--static", "nodir"],
+        ["--static", "/x=/definitely/not/here"],
+        ["--ssl-certfile", "c.pem"],
+        ["--bogus"],
+    ],
+)
+def test_bad_options_raise_usage_error(argv: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse_args(argv)
+
+
+def test_every_limit_has_an_option() -> None:
+    from server.cli import build_parser
+
+    text = build_parser().format_help()
+    for name in Config.names():
+        if name.startswith(
+            ("max_", "header_", "keepalive_", "body_", "send_", "request_", "graceful_")
+        ):
+            assert "--" + name.replace("_", "-") in text, name
+
+
+def test_load_target(tmp_path: Path) -> None:
+    assert isinstance(load_target(None), App)
+    assert isinstance(load_target("loadtest.apps:app"), App)
+    assert callable(load_target("loadtest.apps:asgi_app"))
+    with pytest.raises(UsageError, match="cannot import"):
+        load_target("no_such_module_xyz:app")
+    with pytest.raises(UsageError, match="no attribute"):
+        load_target("loadtest.apps:nope")
+    with pytest.raises(UsageError, match="MODULE:ATTR"):
+        load_target("loadtest.apps")
+    with pytest.raises(UsageError, match="not callable"):
+        load_target("server.config:KiB")
+    (tmp_path / "f.txt").write_text("static!")
+    with TestClient(load_target(str(tmp_path))) as c:
+        assert c.get("/f.txt").text == "static!"
+        assert "f.txt" in c.get("/").text  # autoindex for a directory target
+
+
+def test_make_handler_interfaces_and_static(tmp_path: Path) -> None:
+    from loadtest.apps import app, asgi_app
+    from server.asgi import ASGIHandler
+
+    h, start, stop = make_handler(app, Config())
+    assert h is app and len(start) == 1 and len(stop) == 1
+    h, _, _ = make_handler(asgi_app, Config())
+    assert isinstance(h, ASGIHandler)
+    with pytest.raises(UsageError):
+        make_handler(app, Config(interface="wsgi"))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text("A")
+    (tmp_path / "index.html").write_text("<p>index</p>")
+    cfg = Config(static=(("/files", str(tmp_path)),), autoindex=True)
+    with TestClient(asgi_app, config=cfg) as c:
+        assert c.get("/plaintext").text == "Hello, World!"  # the app behind the mounts
+        assert c.get("/files/sub/a.txt").text == "A"
+        assert "<p>index</p>" in c.get("/files/").text
+        assert c.get("/files").status_code == 308
+        r = c.get("/files/sub")
+        assert r.status_code == 308 and r.headers["location"] == "/files/sub/"
+        assert "a.txt" in c.get("/files/sub/").text  # autoindex
+
+
+def test_static_refuses_escapes(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ok.txt").write_text("ok")
+    (tmp_path / "secret.txt").write_text("secret")
+    os.symlink(tmp_path / "secret.txt", root / "link.txt")
+    os.symlink(root / "ok.txt", root / "inner-link.txt")
+    app = App()
+    app.static("/s", root)
+    with TestClient(app) as c:
+        assert c.get("/s/ok.txt").text == "ok"
+        assert c.get("/s/inner-link.txt").text == "ok"  # a symlink inside the root is fine
+        for path in (
+            "/s/../secret.txt",
+            "/s/%2e%2e/secret.txt",
+            "/s/sub/..%2f..%2fsecret.txt",
+            "/s/link.txt",
+            "/s//etc/passwd",
+            "/s/ok.txt%00.png",
+            "/s/..%5csecret.txt",
+            "/s/missing.txt",
+            "/s/",
+        ):
+            r = c.get(path)
+            assert r.status_code == 404, path
+            assert b"secret" not in r.content, path
+    with pytest.raises(ValueError):
+        App().static("/x", tmp_path / "missing")
+
+
+# --- subprocess ---
+
+
+def test_cli_bad_module() -> None:
+    assert_usage_error(
+        run_cli("no_such_module_xyz:app"), "cannot import module 'no_such_module_xyz'"
+    )
+
+
+def test_cli_missing_attribute() -> None:
+    assert_usage_error(run_cli("loadtest.apps:missing"), "has no attribute 'missing'")
+
+
+def test_cli_bad_option_value() -> None:
+    assert_usage_error(run_cli("--max-body-size", "lots"), "--max-body-size")
+
+
+def test_cli_taken_port() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert_usage_error(run_cli("--port", str(port)), f"127.0.0.1:{port}")
