@@ -35,9 +35,13 @@ CT_JSON = (b"content-type", b"application/json")
 CT_HTML = (b"content-type", b"text/html; charset=utf-8")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once: dumps() with
+# options would build a new encoder per call
+
+
 def dump_json(content: Any) -> bytes:
     """Compact UTF-8 JSON (no spaces, non-ASCII kept as is)."""
-    return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(content).encode("utf-8")
 
 
 class Response:
