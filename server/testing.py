@@ -23,9 +23,10 @@ startup and shutdown hooks (or the ASGI lifespan).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json as jsonlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlencode, urlsplit
 
@@ -431,3 +432,55 @@ class TestClient:
 
     def __repr__(self) -> str:
         return f"<TestClient {self._client!r} loop={'open' if self._loop else 'none'}>"
+
+
+@contextlib.asynccontextmanager
+async def live_server(
+    app: Any, config: Config | None = None, **settings: Any
+) -> AsyncIterator[str]:
+    """Serve ``app`` on a real socket in the running loop; yields its base URL.
+
+    Binds 127.0.0.1 port 0 unless ``config``/``settings`` say otherwise, runs the startup hooks
+    (or ASGI lifespan), and on exit stops the server and runs the shutdown hooks.
+    """
+    from server import serve
+
+    cfg = (config or Config(port=0)).with_(**settings)
+    handler, startup, shutdown = make_handler_for(app, cfg)
+    for hook in startup:
+        await hook()
+    bound: list[Any] = []
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+
+    def on_ready(addresses: list[Any]) -> None:
+        bound.extend(addresses)
+        ready.set()
+
+    task = asyncio.ensure_future(serve.serve(handler, cfg, ready=on_ready, shutdown=stop))
+    waiter = asyncio.ensure_future(ready.wait())
+    try:
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises the bind error
+            raise RuntimeError("server stopped before it was ready")
+        addr = bound[0]
+        if isinstance(addr, tuple):
+            host, port = addr[0], addr[1]
+            yield f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        else:
+            yield str(addr)
+    finally:
+        waiter.cancel()
+        stop.set()
+        try:
+            await task
+        finally:
+            for hook in shutdown:
+                await hook()
+
+
+def make_handler_for(app: Any, config: Config) -> tuple[Any, list[Any], list[Any]]:
+    from server.cli import make_handler
+
+    return make_handler(app, config)

@@ -504,3 +504,54 @@ def test_repr_shows_state() -> None:
     app = make_app()
     assert "routes=" in repr(app)
     assert "TestClient" in repr(TestClient(app))
+
+
+# --- end to end over real sockets (needs server.serve) ---
+
+
+async def test_e2e_native_app(tmp_path: Path, fd_count) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("server.serve")
+    import httpx
+
+    from server.testing import live_server
+
+    (tmp_path / "page.html").write_text("<p>hi</p>")
+    app = make_app()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> Response:
+        return Response(await request.body(), content_type="application/octet-stream")
+
+    @app.get("/stream")
+    async def stream(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            for i in range(100):
+                yield b"%d," % i
+
+        return StreamingResponse(gen())
+
+    @app.get("/page")
+    async def page(request: Request) -> Response:
+        return FileResponse(tmp_path / "page.html")
+
+    before = fd_count()
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        r = await client.get("/users/12")
+        assert r.status_code == 200 and r.json() == {"id": 12}
+        assert r.headers["content-type"] == "application/json"
+        r = await client.get("/users/x")
+        assert r.status_code == 404
+        r = await client.post("/users/1")
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+        r = await client.head("/users/3")
+        assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == "8"
+        body = os.urandom(300_000)
+        r = await client.post("/echo", content=body)
+        assert r.content == body
+        r = await client.get("/stream")
+        assert r.text == "".join(f"{i}," for i in range(100))
+        r = await client.get("/page")
+        assert r.text == "<p>hi</p>" and r.headers["content-type"] == "text/html; charset=utf-8"
+        r = await client.get("/slash", follow_redirects=True)
+        assert r.text == "slash"
+    assert fd_count() <= before

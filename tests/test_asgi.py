@@ -279,3 +279,41 @@ async def test_loadtest_asgi_app() -> None:
             r = await c.get("/json")
             assert r.json() == {"message": "Hello, World!"}
             assert r.headers["content-type"] == "application/json"
+
+
+# --- end to end over real sockets (needs server.serve) ---
+
+
+async def test_e2e_starlette_and_fastapi(tmp_path: Path) -> None:
+    pytest.importorskip("server.serve")
+    import httpx
+
+    from server.testing import live_server
+
+    events: list[str] = []
+    async with (
+        live_server(starlette_app(tmp_path, events)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        assert events == ["startup"]
+        r = await client.get("/hello/ann?q=1")
+        assert r.text == "hi ann 1"
+        r = await client.post("/echo", json={"x": 1})
+        assert r.json() == {"got": {"x": 1}, "state": "conn"}
+        r = await client.get("/stream")
+        assert r.text == "0\n1\n2\n"
+        r = await client.get("/file")
+        assert r.content == b"file body" and r.headers["content-length"] == "9"
+    assert events == ["startup", "shutdown"]
+
+    app = FastAPI()
+
+    @app.post("/items")
+    async def create(item: Item) -> Item:
+        return item
+
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        r = await client.post("/items", json={"name": "a", "price": 2})
+        assert r.json() == {"name": "a", "price": 2.0}
+        r = await client.post("/items", content=b"{bad")
+        assert r.status_code == 422
