@@ -204,3 +204,62 @@ def test_cli_taken_port() -> None:
         s.listen()
         port = s.getsockname()[1]
         assert_usage_error(run_cli("--port", str(port)), f"127.0.0.1:{port}")
+
+
+def _serve_demo_on_inherited_socket(
+    *extra: str,
+) -> tuple[subprocess.Popen[str], int, socket.socket]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--fd", str(listener.fileno()), *extra],
+        cwd=ROOT,
+        env=env,
+        pass_fds=[listener.fileno()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, listener.getsockname()[1], listener
+
+
+@pytest.mark.parametrize("loop", ["netpoll", "asyncio"])
+def test_cli_serves_demo_then_sigterm(loop: str) -> None:
+    pytest.importorskip("server.serve")
+    import http.client
+    import signal
+
+    proc, port, listener = _serve_demo_on_inherited_socket("--loop", loop, "--access-log")
+    try:
+        # The socket already listens: connections queue in the kernel until the server accepts.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/plaintext")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, b"Hello, World!")
+        conn.request("GET", "/users/7")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b'{"id":7,"name":"user7"}'
+        conn.request("GET", "/static/hello.txt")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == b"Hello from a static file.\n"
+        assert r.getheader("content-type") == "text/plain; charset=utf-8"
+        conn.request("POST", "/echo", body=b"ping", headers={"content-type": "text/x-ping"})
+        r = conn.getresponse()
+        assert r.read() == b"ping" and r.getheader("content-type") == "text/x-ping"
+        conn.request("GET", "/static/../server/cli.py")
+        r = conn.getresponse()
+        assert r.status == 404
+        r.read()
+        conn.close()
+    finally:
+        listener.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert '"GET /plaintext HTTP/1.1" 200 13 ' in err
