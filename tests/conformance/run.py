@@ -10,7 +10,7 @@ A target is a module of ``test.test_asyncio`` (see ``tests.conformance.POLICY_MO
 ``mixins``: only the generated loop-parameterised classes of every mixin module. Order of work:
 import the module(s) with stock asyncio untouched, build the suite (stock selector-bound classes
 swapped for the generated ones, exclusions dropped), install the loop under test, run it with a
-per-test ``faulthandler`` watchdog (a hung test dumps every thread's stack and exits the process),
+per-test watchdog (:mod:`.watchdog`: a hung test dumps every thread's stack and becomes an error),
 and print the unittest report followed by one summary line per module and a machine-readable
 ``CONFORMANCE-RESULT {json}`` line (the driver parses it). Exit status: 0 when nothing failed or
 errored, 1 otherwise, 2 on a usage or setup error.
@@ -19,7 +19,6 @@ errored, 1 otherwise, 2 on a usage or setup error.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import fnmatch
 import importlib
 import json
@@ -37,6 +36,7 @@ from . import POLICY_MODULES, modules_for
 from .exclusions import excluded
 from .loops import LOOPS, LoopUnderTest, interpreter_label
 from .mixins import MIXINS, bind
+from .watchdog import Watchdog
 
 __all__ = ["Summary", "main", "run_target"]
 
@@ -149,18 +149,20 @@ def _skipped_module(name: str, reason: str) -> unittest.TestCase:
 
 
 class _WatchdogResult(unittest.TextTestResult):
-    """TextTestResult that arms a faulthandler watchdog around every test."""
+    """TextTestResult that arms the per-test watchdog around every test."""
 
-    test_timeout: float = 120.0  # set by run_target before the run
+    watchdog: Watchdog | None = None  # set by run_target for the duration of the run
 
     def startTest(self, test: unittest.TestCase) -> None:
         self.stream.flush()
-        faulthandler.dump_traceback_later(self.test_timeout, exit=True, file=sys.stdout)
+        if self.watchdog is not None:
+            self.watchdog.arm(test.id())
         super().startTest(test)
 
     def stopTest(self, test: unittest.TestCase) -> None:
         super().stopTest(test)
-        faulthandler.cancel_dump_traceback_later()
+        if self.watchdog is not None:
+            self.watchdog.disarm()
 
 
 def _last_line(text: str) -> str:
@@ -188,7 +190,8 @@ def run_target(
     suite = collector.collect(names)
     planned = [test.id() for test in _flatten(suite)]  # the suite drops tests as they run
     lut.install()
-    _WatchdogResult.test_timeout = test_timeout
+    watchdog = _WatchdogResult.watchdog = Watchdog(test_timeout)
+    watchdog.start()
     runner = unittest.TextTestRunner(
         stream=stream, verbosity=verbosity, resultclass=_WatchdogResult
     )
@@ -197,6 +200,8 @@ def run_target(
         result = runner.run(suite)
     finally:
         seconds = time.monotonic() - started
+        watchdog.stop()
+        _WatchdogResult.watchdog = None
         lut.uninstall()
     summary = Summary(target, lut.label, interpreter_label(), seconds=seconds)
     summary.ran = result.testsRun
