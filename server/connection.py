@@ -1,0 +1,778 @@
+"""The HTTP/1.1 connection: an ``asyncio.Protocol`` driving the sans-IO core for one socket.
+
+Theory of operation
+-------------------
+``data_received`` feeds bytes to :class:`~server.http11.RequestParser` one piece at a time
+(a piece never spans two messages) and turns its events into :class:`HttpExchange` objects
+kept in ``_queue`` in arrival order. ``_queue[0]`` is the only exchange whose handler runs;
+the next one starts when that handler returns, so pipelined responses leave strictly in
+order. Feeding stops (the rest is kept in ``_pending`` and reading is paused) when
+
+* ``max_pipelined`` requests are queued,
+* the body being parsed belongs to a request whose handler is not running yet, or
+* the running handler has not consumed ``_BODY_HIGH`` bytes of its body (backpressure),
+
+and resumes when the reason goes away. Responses are written with one ``write``/``writelines``
+of ``[head, body]``; streamed writes await ``resume_writing`` while the transport is above its
+high-water mark (a slow reader pauses the handler). ``sendfile`` goes through
+``loop.sendfile`` and falls back to read + write where the loop or transport cannot.
+
+Handlers run in a Task per request, started eagerly on Python 3.12+ (a handler that never
+suspends completes inside ``data_received``, no loop round trip); ``asyncio.current_task()``
+is always the handler's own task.
+
+Timeouts use one lazy timer per connection: activity only stores a timestamp; the timer wakes at
+the earliest possible deadline, re-checks the state and re-arms. Header deadline (whole head)
+-> 408 and close; keep-alive idle -> close silently; body idle -> 408; a client not reading for
+``send_timeout`` -> abort.
+
+Connection objects are reused through :class:`server.pool.ConnectionPool`: ``connection_lost``
+resets the object and returns it to the pool; a generation number makes a stale exchange held
+by a finished handler harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections import deque
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .config import Config
+from .exchange import (
+    AppHandler,
+    BodyTooLarge,
+    ClientDisconnected,
+    ExchangeError,
+    Headers,
+    RequestHead,
+    ResponseStarted,
+)
+from .http11 import (
+    END,
+    LAST_CHUNK,
+    ProtocolError,
+    RequestParser,
+    chunk_frame,
+    error_response,
+    response_head,
+    server_line,
+)
+
+if TYPE_CHECKING:
+    from .pool import ConnectionPool
+
+__all__ = ["HttpConnection", "HttpExchange"]
+
+logger = logging.getLogger("server")
+
+_BODY_HIGH = 256 * 1024  # buffered, unread request body that pauses reading
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_FILE_CHUNK = 256 * 1024
+_EAGER = sys.version_info >= (3, 12)
+_NO_SENDFILE: tuple[type[BaseException], ...] = (
+    NotImplementedError,
+    asyncio.SendfileNotAvailableError,
+    RuntimeError,
+    AttributeError,
+)
+
+
+class _Disconnected(ClientDisconnected):
+    """Raised into waiters when the transport is gone."""
+
+
+class HttpExchange:
+    """One request and its response (implements :class:`server.exchange.Exchange`)."""
+
+    __slots__ = (
+        "_body_error",
+        "_buffered",
+        "_chunked",
+        "_chunks",
+        "_conn",
+        "_continue_sent",
+        "_declared",
+        "_done_body",
+        "_drained",
+        "_ended",
+        "_gen",
+        "_head_only",
+        "_keep_alive",
+        "_pending_head",
+        "_sent",
+        "_started",
+        "_waiter",
+        "head",
+    )
+
+    def __init__(self, conn: HttpConnection, head: RequestHead) -> None:
+        self.head = head
+        self._conn = conn
+        self._gen = conn._gen  # the connection generation this exchange belongs to
+        self._chunks: deque[bytes] = deque()  # received, not yet consumed body chunks
+        self._buffered = 0  # bytes in _chunks
+        self._done_body = False  # END seen: the body is complete
+        self._body_error: ExchangeError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._continue_sent = False
+        self._started = False
+        self._ended = False
+        self._chunked = False
+        self._head_only = head.method == "HEAD"
+        self._keep_alive = head.keep_alive
+        self._pending_head: bytes | None = None  # head of a started response, not yet written
+        self._declared: int | None = None  # Content-Length announced by start()
+        self._sent = 0  # body bytes sent
+        self._drained = -1  # >= 0 once retired with its body unread: bytes discarded
+
+    def __repr__(self) -> str:
+        h = self.head
+        state = "ended" if self._ended else "started" if self._started else "pending"
+        return (
+            f"<HttpExchange {h.method} {h.raw_path!r} {state} body_buffered={self._buffered} "
+            f"body_complete={self._done_body} sent={self._sent}>"
+        )
+
+    # --- the Exchange contract ---
+    @property
+    def response_started(self) -> bool:
+        return self._started
+
+    @property
+    def disconnected(self) -> bool:
+        conn = self._conn
+        return conn._gen != self._gen or conn._transport is None
+
+    async def receive(self) -> bytes:
+        conn = self._conn
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if conn._stopped and self._buffered < _BODY_HIGH // 2:
+                    conn._resume()
+                return chunk
+            if self._done_body:
+                return b""
+            if self._body_error is not None:
+                raise self._body_error
+            if self.disconnected:
+                raise ClientDisconnected("client disconnected before the body was complete")
+            if self.head.expect_continue and not self._continue_sent and not self._started:
+                self._continue_sent = True
+                conn._transport.write(_CONTINUE)  # type: ignore[union-attr]
+            conn._resume()
+            waiter = conn._loop.create_future()
+            self._waiter = waiter
+            conn._body_wait_since = conn._loop.time()
+            conn._arm(conn._body_wait_since + conn.config.body_timeout)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                conn._body_wait_since = 0.0
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _response_keep_alive(self) -> bool:
+        """Whether this response may keep the connection (decided before its head is built)."""
+        conn = self._conn
+        if not self._keep_alive or (conn._closing and len(conn._queue) <= 1):
+            return False
+        if not self._done_body:
+            if self.head.expect_continue and not self._continue_sent:
+                return False  # the client may or may not send the body: close
+            remaining = conn._parser.body_remaining if conn._parsing is self else 0
+            if remaining is not None and remaining > conn.config.max_drain_body:
+                return False
+        return True
+
+    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        if self._started:
+            raise ResponseStarted("response already started")
+        conn = self._conn
+        head, _, keep = response_head(
+            status,
+            headers,
+            content_length=len(body),
+            keep_alive=self._response_keep_alive(),
+            http10=self.head.http_version == "1.0",
+            server=conn._server_line,
+        )
+        self._started = self._ended = True
+        self._keep_alive = keep
+        if self.disconnected:
+            return
+        transport = conn._transport
+        assert transport is not None
+        if self._head_only or not body or status in (204, 304):
+            transport.write(head)
+        else:
+            transport.writelines([head, body])
+            self._sent = len(body)
+
+    def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
+        if self._started:
+            raise ResponseStarted("response already started")
+        head, chunked, keep = response_head(
+            status,
+            headers,
+            content_length=content_length,
+            keep_alive=self._response_keep_alive(),
+            http10=self.head.http_version == "1.0",
+            server=self._conn._server_line,
+        )
+        self._started = True
+        self._keep_alive = keep
+        self._chunked = chunked and not self._head_only
+        self._declared = content_length
+        self._pending_head = head
+
+    def _emit(self, bufs: list[Any]) -> None:
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+            bufs.insert(0, head)
+        if bufs:
+            transport = self._conn._transport
+            assert transport is not None
+            transport.writelines(bufs)
+
+    def _check_write(self) -> None:
+        if not self._started:
+            raise ExchangeError("write before start")
+        if self._ended:
+            raise ExchangeError("write after end")
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+
+    async def write(self, chunk: bytes) -> None:
+        self._check_write()
+        n = len(chunk)
+        if self._declared is not None and self._sent + n > self._declared:
+            raise ExchangeError("body longer than the declared Content-Length")
+        self._sent += n
+        if self._head_only:
+            if self._pending_head is not None:
+                self._emit([])
+            return
+        self._emit(chunk_frame(chunk) if self._chunked else [chunk] if n else [])
+        conn = self._conn
+        if conn._write_paused:
+            await conn._drain(self._gen)
+
+    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
+        self._check_write()
+        if self._declared is not None and self._sent + count > self._declared:
+            raise ExchangeError("body longer than the declared Content-Length")
+        self._sent += count
+        if self._head_only or count <= 0:
+            if self._pending_head is not None:
+                self._emit([])
+            return
+        self._emit([b"%x\r\n" % count] if self._chunked else [])
+        await self._conn._sendfile(self._gen, file, offset, count)
+        if self._chunked:
+            self._emit([b"\r\n"])
+
+    async def end(self) -> None:
+        if not self._started:
+            raise ExchangeError("end before start")
+        if self._ended:
+            return
+        self._ended = True
+        if self.disconnected:
+            return
+        if self._declared is not None and self._sent != self._declared and not self._head_only:
+            self._conn._abort("response shorter than its Content-Length")
+            return
+        self._emit([LAST_CHUNK] if self._chunked else [])
+        if self._conn._write_paused:
+            await self._conn._drain(self._gen)
+
+
+class _ErrorSlot:
+    """A queue entry standing for a protocol error to answer in turn, then close."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ProtocolError) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"<_ErrorSlot {self.error!r}>"
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        handler: AppHandler,
+        config: Config,
+        pool: ConnectionPool | None = None,
+        *,
+        scheme: str = "http",
+    ) -> None:
+        self.handler = handler
+        self.config = config
+        self.pool = pool
+        self.scheme = scheme
+        self._server_line = server_line(config.server_header)
+        self._parser = RequestParser(config, scheme=scheme)
+        self._gen = 0  # incremented on every reuse
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._transport: asyncio.Transport | None = None  # None once the connection is lost
+        self._queue: deque[HttpExchange | _ErrorSlot] = deque()  # [0] is the running one
+        self._parsing: HttpExchange | None = None  # exchange whose body is being parsed
+        self._task: asyncio.Task[None] | None = None  # handler task of _queue[0]
+        self._pending = b""  # received bytes not fed yet (reading is paused)
+        self._stopped = False  # feeding stopped; reading paused
+        self._closing = False  # no more requests will be parsed
+        self._eof = False  # client half-closed
+        self._write_paused = False
+        self._write_paused_at = 0.0
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._requests = 0
+        self._last_activity = 0.0
+        self._head_started = 0.0
+        self._body_wait_since = 0.0
+        self._timed_out = False  # the current handler was cancelled by request_timeout
+        self._dispatching = False  # inside _dispatch (guards against recursion)
+
+    def __repr__(self) -> str:
+        peer = self._parser.client
+        return (
+            f"<HttpConnection peer={peer} gen={self._gen} open={self._transport is not None} "
+            f"queued={len(self._queue)} requests={self._requests} stopped={self._stopped} "
+            f"write_paused={self._write_paused} closing={self._closing}>"
+        )
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._loop = loop = asyncio.get_running_loop()
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self._parser.reset(
+            client=tuple(peer[:2]) if isinstance(peer, tuple) else None,
+            server=tuple(sock[:2]) if isinstance(sock, tuple) else None,
+        )
+        self._last_activity = now = loop.time()
+        cfg = self.config
+        self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped or self._pending:
+            self._pending += data
+            return
+        self._feed(data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        parsing = self._parsing
+        if parsing is not None and not parsing._done_body:
+            parsing._body_error = ClientDisconnected("client closed before the body was complete")
+            parsing._wake()
+        if not self._queue:
+            return False  # nothing to answer: let the transport close
+        return True  # half-close: still answer what was asked
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        err = _Disconnected("client disconnected")
+        for ex in self._queue:
+            if isinstance(ex, HttpExchange) and not ex._done_body and ex._body_error is None:
+                ex._body_error = err
+                ex._wake()
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(err)
+        self._drain_waiters.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()  # its done callback releases us
+        else:
+            self._release()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._write_paused_at = t = self._loop.time()
+        self._arm(t + self.config.send_timeout)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    # --- feeding ---
+    def _must_stop(self) -> bool:
+        if len(self._queue) >= self.config.max_pipelined:
+            return True
+        parsing = self._parsing
+        if parsing is not None:
+            if self._queue and parsing is not self._queue[0] and self._parser.in_body:
+                return True  # a pipelined body waits until its handler runs
+            if parsing._buffered >= _BODY_HIGH:
+                return True
+        return False
+
+    def _feed(self, data: bytes) -> None:
+        parser = self._parser
+        events = parser.events
+        n = len(data)
+        pos = 0
+        while pos < n:
+            if self._closing and self._parsing is None:
+                pos = n  # nothing more will be answered: discard
+                break
+            if self._must_stop():
+                self._pending = data[pos:] if pos else data
+                if not self._stopped:
+                    self._stopped = True
+                    if self._transport is not None:
+                        self._transport.pause_reading()
+                return
+            pos = parser.feed(data, pos)
+            if events:
+                self._on_events(events)
+        self._pending = b""
+        if parser.in_head and not self._head_started:
+            self._head_started = t = self._loop.time()
+            self._arm(t + self.config.header_timeout)
+        if self._task is None and self._queue:
+            self._dispatch()
+
+    def _resume(self) -> None:
+        """Feed what was held back and resume reading if nothing stops us any more."""
+        if not self._stopped or self._must_stop() or self._transport is None:
+            return
+        self._stopped = False
+        pending, self._pending = self._pending, b""
+        if pending:
+            self._feed(pending)
+        if not self._stopped and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def _on_events(self, events: list[Any]) -> None:
+        queue = self._queue
+        for ev in events:
+            if ev is END:
+                ex = self._parsing
+                self._parsing = None
+                if ex is not None:
+                    ex._done_body = True
+                    ex._wake()
+                    if not ex.head.keep_alive:
+                        self._closing = True
+            elif type(ev) is bytes:
+                ex = self._parsing
+                if ex is None:
+                    continue
+                if ex._drained >= 0:
+                    ex._drained += len(ev)
+                    if ex._drained > self.config.max_drain_body:
+                        self._closing = True
+                        self._close_when_idle()
+                    continue
+                ex._chunks.append(ev)
+                ex._buffered += len(ev)
+                ex._wake()
+            elif type(ev) is RequestHead:
+                self._requests += 1
+                self._head_started = 0.0
+                if self._requests >= self.config.max_requests_per_connection:
+                    ev.keep_alive = False
+                ex = HttpExchange(self, ev)
+                self._parsing = ex
+                queue.append(ex)
+            else:  # ProtocolError
+                self._closing = True
+                ex = self._parsing
+                if ex is not None:
+                    self._parsing = None
+                    if ev.status == 413:
+                        ex._body_error = BodyTooLarge(ev.message)
+                    else:
+                        ex._body_error = _BodyProtocolError(ev)
+                    ex._wake()
+                    if ex._drained >= 0:
+                        self._close_when_idle()
+                else:
+                    queue.append(_ErrorSlot(ev))
+        events.clear()
+
+    # --- running handlers ---
+    def _dispatch(self) -> None:
+        if self._dispatching:
+            return  # re-entered through _retire -> _resume -> _feed: the outer loop goes on
+        self._dispatching = True
+        try:
+            self._dispatch_loop()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_loop(self) -> None:
+        queue = self._queue
+        while queue and self._task is None and self._transport is not None:
+            ex = queue[0]
+            if isinstance(ex, _ErrorSlot):
+                self._send_error(ex.error)
+                return
+            coro = self.handler(ex)
+            if _EAGER:
+                task = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
+            else:
+                task = self._loop.create_task(coro)
+            if task.done():
+                self._handler_done(task, ex)
+                continue
+            self._task = task
+            task.add_done_callback(self._on_task_done)
+            if self.config.request_timeout is not None:
+                self._loop.call_later(self.config.request_timeout, self._request_timeout, task)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task is not self._task:
+            return
+        self._task = None
+        ex = self._queue[0] if self._queue else None
+        if isinstance(ex, HttpExchange):
+            self._handler_done(task, ex)
+        if self._transport is None:
+            self._release()
+        elif self._task is None and self._queue:
+            self._dispatch()
+
+    def _request_timeout(self, task: asyncio.Task[None]) -> None:
+        if task is self._task and not task.done():
+            self._timed_out = True
+            task.cancel()
+
+    def _handler_done(self, task: asyncio.Task[None], ex: HttpExchange) -> None:
+        """Apply the after-the-handler rules, then retire ``ex`` (decide, then act)."""
+        if self._queue and self._queue[0] is ex:
+            self._queue.popleft()
+        timed_out, self._timed_out = self._timed_out, False
+        lost = ex.disconnected
+        exc: BaseException | None
+        if task.cancelled():
+            exc = None
+            if lost:
+                return
+            if not timed_out:
+                self._abort("handler cancelled")
+                return
+            status, message = 503, "request timed out"
+        else:
+            exc = task.exception()
+            status, message = 500, "internal server error"
+        if lost:
+            if exc is not None and not isinstance(exc, ClientDisconnected):
+                logger.error("handler failed after the client left", exc_info=exc)
+            return
+        if exc is not None:
+            if isinstance(exc, BodyTooLarge):
+                status, message = 413, "request body too large"
+            elif isinstance(exc, _BodyProtocolError):
+                status, message = exc.error.status, exc.error.message
+            elif isinstance(exc, ClientDisconnected):
+                self._abort("client disconnected")
+                return
+            else:
+                logger.error(
+                    "handler failed: %s %r", ex.head.method, ex.head.raw_path, exc_info=exc
+                )
+        elif not ex._started and not timed_out:
+            logger.error(
+                "handler returned without responding: %s %r", ex.head.method, ex.head.raw_path
+            )
+        if not ex._started:
+            if status != 500:
+                self._closing = True
+            ex._keep_alive = status == 500 and ex._response_keep_alive()
+            ex._started = ex._ended = True
+            bufs = error_response(status, message, self._server_line, keep_alive=ex._keep_alive)
+            self._transport.writelines(bufs)  # type: ignore[union-attr]
+        elif not ex._ended or ex._pending_head is not None or exc is not None:
+            self._abort("response started but not ended")
+            return
+        self._retire(ex)
+
+    def _retire(self, ex: HttpExchange) -> None:
+        """The response of ``ex`` is complete: keep the connection or close it."""
+        if not ex._keep_alive or (self._closing and not self._queue):
+            self._closing = True
+            self._queue.clear()
+            self._close()
+            return
+        if self._parsing is ex and not ex._done_body:
+            # Unread body: drain it (counted in _on_events) before the next request.
+            ex._drained = 0
+            ex._chunks.clear()
+            ex._buffered = 0
+        self._last_activity = self._loop.time()
+        if self._eof and not self._queue:
+            self._close()
+            return
+        if self._stopped:
+            self._resume()
+
+    def _send_error(self, err: ProtocolError) -> None:
+        self._queue.clear()
+        self._closing = True
+        if self._transport is not None:
+            self._transport.writelines(error_response(err.status, err.message, self._server_line))
+            self._close()
+
+    def _close(self) -> None:
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    def _close_when_idle(self) -> None:
+        if not self._queue:
+            self._close()
+
+    def _abort(self, why: str) -> None:
+        t = self._transport
+        if t is not None:
+            logger.debug("aborting connection %r: %s", self, why)
+            t.abort()
+
+    # --- output flow control ---
+    async def _drain(self, gen: int) -> None:
+        if gen != self._gen or self._transport is None:
+            raise ClientDisconnected("client disconnected")
+        w = self._loop.create_future()
+        self._drain_waiters.append(w)
+        await w
+
+    async def _sendfile(self, gen: int, file: BinaryIO, offset: int, count: int) -> None:
+        loop = self._loop
+        transport = self._transport
+        if transport is None or gen != self._gen:
+            raise ClientDisconnected("client disconnected")
+        try:
+            await loop.sendfile(transport, file, offset, count, fallback=False)
+            if self._stopped and self._transport is not None:
+                self._transport.pause_reading()  # asyncio's sendfile resumes reading
+            return
+        except _NO_SENDFILE:
+            if gen != self._gen or self._transport is None:
+                raise ClientDisconnected("client disconnected")
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from exc
+        # read + write fallback (uvloop, TLS)
+        file.seek(offset)
+        left = count
+        while left > 0:
+            data = file.read(min(_FILE_CHUNK, left))
+            if not data:
+                self._abort("file shorter than announced")
+                raise ClientDisconnected("file ended early")
+            left -= len(data)
+            if gen != self._gen or self._transport is None:
+                raise ClientDisconnected("client disconnected")
+            self._transport.write(data)
+            if self._write_paused:
+                await self._drain(gen)
+
+    # --- timers ---
+    def _arm(self, when: float) -> None:
+        if self._transport is None:
+            return
+        timer = self._timer
+        if timer is not None:
+            if self._timer_when <= when:
+                return
+            timer.cancel()
+        self._timer_when = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._transport is None:
+            return
+        cfg = self.config
+        now = self._loop.time()
+        deadlines: list[float] = []
+        if self._write_paused:
+            dl = self._write_paused_at + cfg.send_timeout
+            if now >= dl:
+                self._abort("send timeout")
+                return
+            deadlines.append(dl)
+        if self._body_wait_since:
+            dl = self._body_wait_since + cfg.body_timeout
+            if now >= dl:
+                ex = self._queue[0] if self._queue else None
+                if isinstance(ex, HttpExchange) and ex._waiter is not None:
+                    ex._body_error = _BodyProtocolError(ProtocolError(408, "request body timeout"))
+                    ex._wake()
+                self._closing = True
+            else:
+                deadlines.append(dl)
+        if not self._queue:
+            if self._parser.in_head and self._head_started:
+                dl = self._head_started + cfg.header_timeout
+                if now >= dl:
+                    self._send_error(ProtocolError(408, "request header timeout"))
+                    return
+                deadlines.append(dl)
+            elif not self._parser.in_body and self._parsing is None:
+                dl = self._last_activity + cfg.keepalive_timeout
+                if now >= dl:
+                    self._close()  # idle keep-alive: close silently
+                    return
+                deadlines.append(dl)
+        deadlines.append(now + min(cfg.keepalive_timeout, cfg.header_timeout, 1.0) + 0.0)
+        self._arm(min(deadlines))
+
+    # --- pool and shutdown ---
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._gen += 1
+        self._init_state()
+        if self.pool is not None:
+            self.pool.release(self)
+
+    @property
+    def idle(self) -> bool:
+        """No request in progress (safe to close for shutdown)."""
+        return not self._queue and not self._parser.in_head and self._parsing is None
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, else after the response in flight."""
+        self._closing = True
+        if self.idle:
+            self._close()
+
+    def abort(self) -> None:
+        """Force-close (end of the graceful period)."""
+        self._abort("forced shutdown")
+
+
+class _BodyProtocolError(ClientDisconnected):
+    """The body broke HTTP framing: ``receive`` raises it, the connection answers ``error``."""
+
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(error.message)
+        self.error = error

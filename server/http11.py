@@ -1,0 +1,550 @@
+"""Sans-IO HTTP/1.1 core: bytes in, events out; responses out as lists of buffers.
+
+Theory of operation
+-------------------
+:class:`RequestParser` wraps ``httptools.HttpRequestParser`` (llhttp). The I/O layer calls
+``pos = parser.feed(data, pos)`` repeatedly; each call feeds *one piece* of ``data`` and
+appends what it produced to ``parser.events``:
+
+* a :class:`~server.exchange.RequestHead` when a head is complete,
+* ``bytes`` body chunks,
+* the :data:`END` sentinel when a message is complete,
+* a :class:`ProtocolError` (status + message), after which the parser is dead.
+
+Pieces are cut so that a message can only ever complete at the *end* of a piece: in the head
+and in a chunked body we feed up to and including the next ``CRLF CRLF`` (every head and every
+chunked body ends with one), in a Content-Length body exactly the remaining length. So the
+caller always knows where a message ended, can stop between pipelined requests (backpressure)
+and keep the rest, and we can measure head sizes exactly. llhttp never buffers more than one
+header internally; an incomplete head is bounded by our own byte count.
+
+httptools 0.9 accepts some framing we must refuse ourselves (DESIGN.md): size and count limits
+(414/431/413), ``Transfer-Encoding`` other than exactly ``chunked`` (501), ``Transfer-Encoding``
+on HTTP/1.0, missing or duplicate ``Host`` on HTTP/1.1, huge chunk extensions (400), versions
+other than 1.0/1.1 (505). Its lenient flags are never enabled.
+
+Responses: :func:`response_head` builds the status line and header block (``bytes``) from
+cached parts (status lines, ``Date`` recomputed at most once a second, ``Server``) after
+validating the handler's headers (CR, LF, NUL or a non-token name raise
+:class:`~server.exchange.InvalidHeader` before anything exists to be sent). Bodies are passed
+through as they are; chunked framing adds small ``bytes`` around them; a :class:`FileSlice`
+stands for a file range so the I/O layer can ``sendfile`` it. Serialisation only ever calls
+``len(chunk)``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import BinaryIO
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+from .config import Config
+from .exchange import Headers, InvalidHeader, RequestHead
+
+__all__ = [
+    "END",
+    "LAST_CHUNK",
+    "FileSlice",
+    "ProtocolError",
+    "RequestParser",
+    "chunk_frame",
+    "date_header",
+    "error_response",
+    "response_head",
+    "status_line",
+]
+
+_TERM = b"\r\n\r\n"
+
+
+class ProtocolError(Exception):
+    """The client broke HTTP/1.1 framing or a limit: answer ``status`` and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.status}, {self.message!r})"
+
+
+class _End:
+    """Type of the :data:`END` sentinel (end of one request message)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = _End()
+
+Event = RequestHead | bytes | _End | ProtocolError
+
+
+class FileSlice:
+    """Placeholder for ``count`` bytes of ``file`` from ``offset`` in a response buffer list."""
+
+    __slots__ = ("count", "file", "offset")
+
+    def __init__(self, file: BinaryIO, offset: int, count: int) -> None:
+        self.file = file
+        self.offset = offset
+        self.count = count  # invariant: >= 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"FileSlice({getattr(self.file, 'name', self.file)!r}, {self.offset}, {self.count})"
+
+
+# --- parser -------------------------------------------------------------------------------
+
+_HEAD, _BODY_CL, _BODY_CHUNKED, _DEAD = 0, 1, 2, 3
+_STATE_NAMES = {_HEAD: "head", _BODY_CL: "body", _BODY_CHUNKED: "chunked", _DEAD: "dead"}
+_VERSIONS = {"1.1", "1.0"}
+
+
+class RequestParser:
+    """Incremental request parser; see the module docstring for the feeding contract."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        client: tuple[str, int] | None = None,
+        server: tuple[str, int] | None = None,
+        scheme: str = "http",
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+        self.events: list[Event] = []  # filled by feed(), emptied by the caller
+        self.messages = 0  # complete messages so far
+        self._p = httptools.HttpRequestParser(self)
+        self._max_line = config.max_request_line
+        self._max_hsize = config.max_header_size
+        self._max_hcount = config.max_header_count
+        self._max_body = config.max_body_size
+        self._state = _HEAD
+        self._tail = b""  # last <=3 bytes fed in head/chunked state (a split CRLFCRLF)
+        self._error: ProtocolError | None = None
+        self._begun = False  # a message has started (bytes of a head seen)
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: Headers = []
+        self._hsize = 0  # bytes of complete header lines
+        self._head_bytes = 0  # raw bytes fed into the current head
+        self._hosts = 0
+        self._te = False
+        self._cl = -1  # Content-Length, -1 when absent
+        self._expect = False
+        self._body_len = 0  # body bytes delivered so far
+        self._framing = 0  # chunked framing bytes fed (size lines, extensions, trailers)
+        self._chunks = 0
+
+    def reset(
+        self, *, client: tuple[str, int] | None = None, server: tuple[str, int] | None = None
+    ) -> None:
+        """Make ready for a new connection (reuses the llhttp parser when it is clean)."""
+        if self._state != _HEAD or self._begun or self._error is not None:
+            self._p = httptools.HttpRequestParser(self)
+        self.client = client
+        self.server = server
+        self.events = []
+        self.messages = 0
+        self._state = _HEAD
+        self._tail = b""
+        self._error = None
+        self._begun = False
+        self._reset_message()
+
+    # --- state seen by the I/O layer ---
+    @property
+    def in_head(self) -> bool:
+        """True while a request head has started but is not complete (header deadline runs)."""
+        return self._begun and self._state == _HEAD
+
+    @property
+    def in_body(self) -> bool:
+        """True while a request body is being parsed."""
+        return self._state == _BODY_CL or self._state == _BODY_CHUNKED
+
+    @property
+    def dead(self) -> bool:
+        return self._state == _DEAD
+
+    @property
+    def body_remaining(self) -> int | None:
+        """Body bytes still expected (None: chunked, unknown), 0 outside a body."""
+        if self._state == _BODY_CL:
+            return self._cl - self._body_len
+        if self._state == _BODY_CHUNKED:
+            return None
+        return 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<RequestParser state={_STATE_NAMES[self._state]} messages={self.messages} "
+            f"pending_events={len(self.events)}>"
+        )
+
+    # --- feeding ---
+    def feed(self, data: bytes, pos: int = 0) -> int:
+        """Feed one piece of ``data[pos:]``; return the position after it (see module doc)."""
+        state = self._state
+        n = len(data)
+        if state == _DEAD or pos >= n:
+            return n
+        if state == _BODY_CL:
+            end = min(n, pos + self._cl - self._body_len)
+        else:
+            end = -1
+            tail = self._tail
+            if tail:  # a terminator split across two feeds
+                i = (tail + data[pos : pos + 3]).find(_TERM)
+                if i >= 0:
+                    end = pos + i + 4 - len(tail)
+            if end < 0:
+                end = data.find(_TERM, pos)
+                end = n if end < 0 else end + 4
+            if end == n and data[end - 4 : end] != _TERM:
+                self._tail = (tail + data[max(pos, end - 3) : end])[-3:]
+            else:
+                self._tail = b""
+            if state == _HEAD:
+                self._begun = True
+                self._head_bytes += end - pos
+            else:
+                self._framing += end - pos
+        piece = data if (pos == 0 and end == n) else memoryview(data)[pos:end]
+        try:
+            self._p.feed_data(piece)
+        except httptools.HttpParserUpgrade:
+            # Upgrade/CONNECT: we speak only HTTP/1.1; answer this request, then close.
+            self._state = _DEAD
+            self._tail = b""
+            return n
+        except httptools.HttpParserError as exc:
+            self._fail(self._error or self._map_error(exc))
+            return n
+        state = self._state
+        if state == _HEAD:
+            if self._begun and self._head_bytes > self._max_line + self._max_hsize + 4:
+                self._fail(ProtocolError(431, "request header block too large"))
+                return n
+        elif state == _BODY_CHUNKED:
+            # Framing allowed per chunk: size line and CRLFs, extensions up to the limit.
+            allowed = (self._chunks + 1) * (self.config.max_chunk_ext + 24) + self._max_hsize
+            if self._framing - self._body_len > allowed:
+                self._fail(ProtocolError(400, "chunk extensions too large"))
+                return n
+        return end
+
+    def _fail(self, err: ProtocolError) -> None:
+        self._state = _DEAD
+        self._tail = b""
+        self.events.append(err)
+
+    def _map_error(self, exc: Exception) -> ProtocolError:
+        msg = str(exc) or type(exc).__name__
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            return ProtocolError(400, "invalid request method")
+        if "Transfer-Encoding" in msg and "Content-Length" not in msg and not self._te:
+            return ProtocolError(501, "unsupported Transfer-Encoding")
+        return ProtocolError(400, f"malformed request: {msg}")
+
+    # --- httptools callbacks (raise ProtocolError via self._error) ---
+    def _raise(self, status: int, message: str) -> None:
+        self._error = ProtocolError(status, message)
+        raise self._error
+
+    def on_message_begin(self) -> None:
+        self._begun = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._max_line:
+            self._raise(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= self._max_hcount:
+            self._raise(431, "too many header fields")
+        self._hsize += len(name) + len(value) + 4
+        if self._hsize > self._max_hsize:
+            self._raise(431, "request header block too large")
+        name = name.lower()
+        if self._state != _HEAD:  # trailer fields: counted, not kept
+            return
+        headers.append((name, value))
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"transfer-encoding":
+            if self._te:
+                self._raise(400, "duplicate Transfer-Encoding")
+            if value.strip().lower() != b"chunked":
+                self._raise(501, "Transfer-Encoding other than chunked is not implemented")
+            self._te = True
+        elif name == b"content-length":
+            self._cl = int(value)  # llhttp validated digits and rejected duplicates
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        version = p.get_http_version()
+        if version not in _VERSIONS:
+            if version.startswith("0."):
+                self._raise(400, "HTTP/0.9 is not supported")
+            self._raise(505, f"HTTP version {version} not supported")
+        if version == "1.0":
+            if self._te:
+                self._raise(400, "Transfer-Encoding on an HTTP/1.0 request")
+            if self._hosts > 1:
+                self._raise(400, "duplicate Host header")
+        elif self._hosts != 1:
+            self._raise(400, "missing Host header" if self._hosts == 0 else "duplicate Host header")
+        if self._head_bytes - len(self._url) > self._max_hsize + 32:  # raw bytes, padding too
+            self._raise(431, "request header block too large")
+        method = p.get_method().decode("ascii")
+        if method == "CONNECT":
+            self._raise(405, "CONNECT is not supported")
+        if self._cl > self._max_body:
+            self._raise(413, "request body too large")
+        url = self._url
+        if url[:1] == b"/":
+            q = url.find(b"?")
+            if q >= 0:
+                raw_path, query = url[:q], url[q + 1 :]
+            else:
+                raw_path, query = url, b""
+            f = query.find(b"#") if query else raw_path.find(b"#")
+            if f >= 0:
+                if query:
+                    query = query[:f]
+                else:
+                    raw_path = raw_path[:f]
+        elif url == b"*":
+            raw_path, query = url, b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._raise(400, "invalid request target")
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        if b"%" in raw_path:
+            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        else:
+            path = raw_path.decode("utf-8", "replace")
+        head = RequestHead(
+            method,
+            path,
+            raw_path,
+            query,
+            version,
+            self._headers,
+            p.should_keep_alive(),
+            self.client,
+            self.server,
+            self.scheme,
+            self._expect and version == "1.1",
+        )
+        self.events.append(head)
+        if self._te:
+            self._state = _BODY_CHUNKED
+            self._framing = 0
+        elif self._cl > 0:
+            self._state = _BODY_CL
+        self._tail = b""
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self._max_body:
+            self._raise(413, "request body too large")
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        self.events.append(END)
+        self.messages += 1
+        self._state = _HEAD
+        self._begun = False
+        self._tail = b""
+        self._reset_message()
+
+
+# --- responses ----------------------------------------------------------------------------
+
+_status_lines: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """``b"HTTP/1.1 200 OK\\r\\n"``, cached per status code."""
+    line = _status_lines.get(status)
+    if line is None:
+        if not 100 <= status <= 999:
+            raise InvalidHeader(f"invalid status code {status!r}")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        line = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
+        _status_lines[status] = line
+    return line
+
+
+class _DateCache:
+    """``date: <IMF-fixdate>\\r\\n`` recomputed at most once per second."""
+
+    __slots__ = ("line", "second")
+
+    def __init__(self) -> None:
+        self.second = -1  # the integer second ``line`` was computed for
+        self.line = b""
+
+    def get(self, now: float | None = None) -> bytes:
+        sec = int(time.time() if now is None else now)
+        if sec != self.second:
+            self.second = sec
+            self.line = b"date: " + formatdate(sec, usegmt=True).encode("ascii") + b"\r\n"
+        return self.line
+
+    def __repr__(self) -> str:
+        return f"<DateCache second={self.second}>"
+
+
+_date = _DateCache()
+
+
+def date_header(now: float | None = None) -> bytes:
+    """The cached ``date`` header line (with CRLF)."""
+    return _date.get(now)
+
+
+_has_ctl = re.compile(rb"[\x00\r\n]").search
+_is_token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
+_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date", b"server"})
+_server_lines: dict[str, bytes] = {}
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def server_line(name: str) -> bytes:
+    """Cached ``server: <name>\\r\\n`` line (empty when ``name`` is empty)."""
+    line = _server_lines.get(name)
+    if line is None:
+        value = name.encode("latin-1")
+        if _has_ctl(value):
+            raise InvalidHeader("server header contains CR, LF or NUL")
+        line = b"server: " + value + b"\r\n" if value else b""
+        _server_lines[name] = line
+    return line
+
+
+def response_head(
+    status: int,
+    headers: Headers,
+    *,
+    content_length: int | None,
+    keep_alive: bool,
+    http10: bool = False,
+    server: bytes = b"",
+    date: bytes | None = None,
+) -> tuple[bytes, bool, bool]:
+    """Build a response head. Return ``(head, chunked, keep_alive)``.
+
+    ``content_length=None`` means a streamed body: chunked on HTTP/1.1, close-delimited on 1.0
+    (then ``keep_alive`` becomes False). Handler-supplied ``Content-Length``/``Transfer-Encoding``
+    /``Connection``/``Date``/``Server`` take precedence over the computed ones. Raises
+    :class:`InvalidHeader` for CR, LF or NUL in any name or value, or a non-token name.
+    """
+    parts = [status_line(status)]
+    append = parts.append
+    have = 0  # bit set: 1 content-length, 2 transfer-encoding, 4 connection, 8 date, 16 server
+    for name, value in headers:
+        if _has_ctl(value) or not _is_token(name):
+            raise InvalidHeader(f"invalid response header {name!r}: {value!r}")
+        lname = name.lower()
+        if lname in _SPECIAL:
+            if lname == b"content-length":
+                have |= 1
+            elif lname == b"transfer-encoding":
+                have |= 2
+            elif lname == b"connection":
+                have |= 4
+                if value.lower() == b"close":
+                    keep_alive = False
+            elif lname == b"date":
+                have |= 8
+            else:
+                have |= 16
+        append(name)
+        append(b": ")
+        append(value)
+        append(b"\r\n")
+    chunked = False
+    if status in _NO_BODY_STATUS or status < 200:
+        pass
+    elif content_length is not None:
+        if not have & 3:
+            append(b"content-length: %d\r\n" % content_length)
+    elif have & 2:
+        chunked = True  # the handler framed it itself; we still chunk-encode writes
+    elif have & 1:
+        pass
+    elif http10:
+        keep_alive = False
+    else:
+        chunked = True
+        append(b"transfer-encoding: chunked\r\n")
+    if not have & 8:
+        append(date if date is not None else _date.get())
+    if not have & 16 and server:
+        append(server)
+    if not have & 4:
+        if not keep_alive:
+            append(b"connection: close\r\n")
+        elif http10:
+            append(b"connection: keep-alive\r\n")
+    append(b"\r\n")
+    return b"".join(parts), chunked, keep_alive
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+
+
+def chunk_frame(data: bytes | memoryview | FileSlice) -> list[bytes | memoryview | FileSlice]:
+    """Buffers framing one chunk (empty list for empty data: an empty chunk would end the body)."""
+    n = len(data)
+    if not n:
+        return []
+    return [b"%x\r\n" % n, data, _CRLF]
+
+
+def error_response(
+    status: int, message: str, server: bytes = b"", *, keep_alive: bool = False
+) -> list[bytes]:
+    """A complete error response with a short text body (``Connection: close`` by default)."""
+    body = (message + "\n").encode("utf-8", "replace")
+    head, _, _ = response_head(
+        status,
+        [(b"content-type", b"text/plain; charset=utf-8")],
+        content_length=len(body),
+        keep_alive=keep_alive,
+        server=server,
+    )
+    return [head, body]

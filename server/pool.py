@@ -1,0 +1,218 @@
+"""The connection pool: reuse of connection objects and the max-connections limit.
+
+Theory of operation
+-------------------
+A :class:`ConnectionPool` *is* the protocol factory given to ``loop.create_server``. Each
+accepted socket gets an :class:`~server.connection.HttpConnection` taken from the free list
+(reset, not reallocated: the parser, the queue and the config-derived state are kept), or a
+new one while fewer than ``max_connections`` exist. ``connection_lost`` hands the object back
+through :meth:`release`.
+
+An idle keep-alive connection holds no receive buffer of its own: bytes are parsed straight out
+of what the transport delivers, and only the unparsed rest of a read is kept, and only while
+reading is paused (backpressure). On netpoll the transport's read buffers are pooled by the
+loop.
+
+Beyond ``max_connections`` the ``overload`` setting decides:
+
+* ``"503"``: the socket gets an :class:`OverloadProtocol` that answers ``503`` with
+  ``Connection: close`` once the request arrives (so the answer is not lost to a reset), then
+  closes;
+* ``"defer"``: asyncio has no portable way to pause a listening socket's accept (removing the
+  reader is loop-specific and ``Server.close`` closes the socket), so we *accept and hold*: the
+  socket gets a :class:`HeldProtocol` that pauses reading and waits, FIFO, for a slot; when one
+  frees, the transport is switched to a real connection with ``transport.set_protocol``. At most
+  ``backlog`` sockets are held; past that the 503 path applies. Held sockets cost one fd each.
+
+Decisions are plain methods (:meth:`acquire` returns what to use); ``repr(pool)`` shows counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from .config import Config
+from .connection import HttpConnection
+from .exchange import AppHandler
+from .http11 import error_response, server_line
+
+__all__ = ["ConnectionPool", "HeldProtocol", "OverloadProtocol"]
+
+
+class OverloadProtocol(asyncio.Protocol):
+    """Answer 503 and close (a socket accepted past ``max_connections``)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<OverloadProtocol open={self.transport is not None}>"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.pool.refused += 1
+        # Answer on the first bytes (reading them avoids a reset that would eat the answer),
+        # or after a short while for a client that sends nothing.
+        self._timer = asyncio.get_running_loop().call_later(1.0, self._answer)
+
+    def data_received(self, data: bytes) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        t = self.transport
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if t is not None and not t.is_closing():
+            t.writelines(
+                error_response(503, "server overloaded, try again later", self.pool.server)
+            )
+            t.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.transport = None
+
+
+class HeldProtocol(asyncio.Protocol):
+    """An accepted socket waiting for a free connection slot (``overload="defer"``)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.early = b""  # bytes that arrived before reading could be paused
+
+    def __repr__(self) -> str:
+        return f"<HeldProtocol open={self.transport is not None} early={len(self.early)}>"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self.pool._held.append(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.early += data
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        try:
+            self.pool._held.remove(self)
+        except ValueError:
+            pass
+
+
+class ConnectionPool:
+    """Protocol factory, free list and connection limit (see the module docstring)."""
+
+    def __init__(self, handler: AppHandler, config: Config, *, scheme: str = "http") -> None:
+        self.handler = handler
+        self.config = config
+        self.scheme = scheme
+        self.server = server_line(config.server_header)
+        self.max = config.max_connections
+        self.active: set[HttpConnection] = set()  # connections with a live transport
+        self._free: list[HttpConnection] = []  # reset connections ready for reuse
+        self._held: deque[HeldProtocol] = deque()  # deferred sockets, FIFO
+        self.created = 0  # connection objects ever allocated
+        self.reused = 0  # acquisitions served from the free list
+        self.refused = 0  # sockets answered 503
+        self._closed = False  # shutting down: no new connections
+        self._empty: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionPool active={len(self.active)} free={len(self._free)} "
+            f"held={len(self._held)} max={self.max} created={self.created} "
+            f"reused={self.reused} refused={self.refused}>"
+        )
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> HttpConnection | None:
+        """A connection object for a new socket, or None when the limit is reached."""
+        if len(self.active) >= self.max or self._closed:
+            return None
+        if self._free:
+            conn = self._free.pop()
+            self.reused += 1
+        else:
+            conn = HttpConnection(self.handler, self.config, self, scheme=self.scheme)
+            self.created += 1
+        self.active.add(conn)
+        return conn
+
+    def __call__(self) -> asyncio.Protocol:
+        """The protocol factory for ``loop.create_server``."""
+        conn = self.acquire()
+        if conn is not None:
+            return conn
+        if (
+            self.config.overload == "defer"
+            and not self._closed
+            and len(self._held) < self.config.backlog
+        ):
+            return HeldProtocol(self)
+        return OverloadProtocol(self)
+
+    def release(self, conn: HttpConnection) -> None:
+        """Called by a connection once its socket is gone and it has been reset."""
+        self.active.discard(conn)
+        if len(self._free) < self.max:
+            self._free.append(conn)
+        while self._held and not self._closed:
+            held = self._held.popleft()
+            transport = held.transport
+            if transport is None or transport.is_closing():
+                continue
+            new = self.acquire()
+            if new is None:
+                self._held.appendleft(held)
+                break
+            transport.set_protocol(new)
+            new.connection_made(transport)
+            if held.early:
+                new.data_received(held.early)
+            transport.resume_reading()
+            break
+        if not self.active and self._empty is not None:
+            self._empty.set()
+
+    # --- shutdown ---
+    def shutdown(self) -> None:
+        """Stop taking connections; idle ones close now, busy ones after their response."""
+        self._closed = True
+        while self._held:
+            held = self._held.popleft()
+            if held.transport is not None:
+                held.transport.close()
+        for conn in list(self.active):
+            conn.shutdown()
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """Wait until every connection is gone; False if ``timeout`` passed first."""
+        if not self.active:
+            return True
+        self._empty = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            return not self.active
+        return True
+
+    def abort_all(self) -> None:
+        for conn in list(self.active):
+            conn.abort()
