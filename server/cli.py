@@ -314,6 +314,16 @@ def _check_port(config: Config) -> None:
             raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
 
 
+def _where(config: Config) -> str:
+    if config.fd is not None:
+        return f"inherited fd {config.fd}"
+    if config.uds is not None:
+        return f"unix:{config.uds}"
+    scheme = "https" if config.ssl_certfile else "http"
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"{scheme}://{host}:{config.port}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m server`` and ``netpoll-server``; returns the exit status."""
     try:
@@ -331,6 +341,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_port(config)
         from server import serve
 
+        try:
+            serve.loop_factory(config.loop)
+        except (RuntimeError, ValueError) as exc:
+            raise UsageError(str(exc))
+        logging.getLogger("server.cli").info(
+            "serving %s on %s (loop=%s, workers=%d, interface=%s)",
+            target or "the demo app",
+            _where(config),
+            config.loop,
+            config.workers,
+            config.interface,
+        )
         serve.run(handler, config, startup=startup, shutdown_hooks=shutdown)
     except UsageError as exc:
         print(f"netpoll-server: error: {exc}", file=sys.stderr)
