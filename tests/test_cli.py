@@ -263,3 +263,49 @@ def test_cli_serves_demo_then_sigterm(loop: str) -> None:
             _, err = proc.communicate()
     assert proc.returncode == 0, err
     assert '"GET /plaintext HTTP/1.1" 200 13 ' in err
+
+
+def test_app_run_blocking(tmp_path: Path) -> None:
+    pytest.importorskip("server.serve")
+    import http.client
+    import signal
+
+    script = tmp_path / "myapp.py"
+    script.write_text(
+        "import sys\n"
+        "from server import App\n"
+        "app = App()\n"
+        "@app.get('/hi/{name}')\n"
+        "async def hi(request):\n"
+        "    return 'hi ' + request.path_params['name'] + ' ' + request.state.__class__.__name__\n"
+        "@app.on_startup\n"
+        "def started():\n"
+        "    print('started', flush=True)\n"
+        "app.run(fd=int(sys.argv[1]), loop='asyncio', log_level='warning')\n"
+    )
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(listener.fileno())],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            pass_fds=[listener.fileno()],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", listener.getsockname()[1], timeout=30)
+            conn.request("GET", "/hi/ann")
+            r = conn.getresponse()
+            assert (r.status, r.read()) == (200, b"hi ann SimpleNamespace")
+            conn.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.strip() == "started"
