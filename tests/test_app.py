@@ -558,3 +558,49 @@ async def test_e2e_native_app(tmp_path: Path, fd_count) -> None:  # type: ignore
         r = await client.get("/slash", follow_redirects=True)
         assert r.text == "slash"
     assert fd_count() <= before
+
+
+async def test_e2e_errors_and_disconnect(caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("server.serve")
+    import asyncio
+
+    import httpx
+
+    from server.testing import live_server
+
+    app = App()
+    stopped = asyncio.Event()
+
+    @app.get("/boom")
+    async def boom(request: Request) -> str:
+        raise RuntimeError("kaboom")
+
+    @app.get("/ok")
+    async def ok(request: Request) -> str:
+        return "ok"
+
+    @app.get("/forever")
+    async def forever(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    yield b"x" * 65536
+            finally:
+                stopped.set()
+
+        return StreamingResponse(gen())
+
+    with caplog.at_level(logging.INFO):
+        async with live_server(app) as url:
+            async with httpx.AsyncClient(base_url=url) as client:
+                r = await client.get("/boom")
+                assert r.status_code == 500 and "kaboom" not in r.text
+                assert (await client.get("/ok")).text == "ok"  # same keep-alive connection
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readexactly(100_000)
+            writer.transport.abort()  # reset mid-response
+            await asyncio.wait_for(stopped.wait(), 10)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "kaboom" in str(errors[0].exc_info[1]), errors

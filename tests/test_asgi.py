@@ -317,3 +317,36 @@ async def test_e2e_starlette_and_fastapi(tmp_path: Path) -> None:
         assert r.json() == {"name": "a", "price": 2.0}
         r = await client.post("/items", content=b"{bad")
         assert r.status_code == 422
+
+
+async def test_e2e_pathsend_large_file(tmp_path: Path) -> None:
+    pytest.importorskip("server.serve")
+    import os
+
+    import httpx
+
+    from server.testing import live_server
+
+    data = os.urandom(2_000_000)
+    (tmp_path / "big.bin").write_bytes(data)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        assert "http.response.pathsend" in scope["extensions"]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")],
+            }
+        )
+        await send({"type": "http.response.pathsend", "path": str(tmp_path / "big.bin")})
+
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        for _ in range(2):  # keep-alive after a sendfile body
+            r = await client.get("/")
+            assert r.headers["content-length"] == str(len(data))
+            assert r.content == data
+        r = await client.head("/")
+        assert r.content == b"" and r.headers["content-length"] == str(len(data))
