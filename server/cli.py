@@ -14,7 +14,7 @@ callable), mounts ``Config.static`` in front of the app, wraps the access log, a
 handler with its startup/shutdown hooks for ``server.serve.run``.
 
 Every user error (bad module path, missing attribute, bad option value, taken port) is one line
-on stderr and exit status 2.
+on stderr and exit status 2; an ASGI app whose lifespan startup fails gives one line and 3.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
+from server.asgi import LifespanFailure
 from server.config import Config
 
 Hook = Callable[[], Awaitable[None]]
@@ -357,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"netpoll-server: error: {exc}", file=sys.stderr)
         return 2
+    except LifespanFailure as exc:
+        print(f"netpoll-server: error: {exc}", file=sys.stderr)
+        return 3
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             print(f"netpoll-server: error: cannot listen: {exc}", file=sys.stderr)

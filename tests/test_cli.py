@@ -309,3 +309,24 @@ def test_app_run_blocking(tmp_path: Path) -> None:
                 out, err = proc.communicate()
     assert proc.returncode == 0, err
     assert out.strip() == "started"
+
+
+def test_cli_lifespan_failure(tmp_path: Path) -> None:
+    (tmp_path / "failing_app.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    assert scope['type'] == 'lifespan'\n"
+        "    await receive()\n"
+        "    await send({'type': 'lifespan.startup.failed', 'message': 'database down'})\n"
+    )
+    env_path = f"{tmp_path}{os.pathsep}{ROOT}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "server", "failing_app:app", "--port", "0", "--loop", "asyncio"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": env_path},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 3, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("netpoll-server: error:") and "database down" in last
