@@ -44,12 +44,16 @@ class Headers:
 
     __slots__ = ("raw",)
 
-    def __init__(self, raw: RawHeaders | HeaderInit = None) -> None:
+    def __init__(self, raw: RawHeaders | HeaderInit = None, *, lowercase: bool = False) -> None:
         # raw: list of (lower-case name, value) bytes pairs, wire order, duplicates kept.
+        # lowercase=True: the caller guarantees lower-case names (parsed request headers).
         if raw is None:
             self.raw: RawHeaders = []
         elif isinstance(raw, list) and (not raw or isinstance(raw[0][0], bytes)):
-            self.raw = raw  # type: ignore[assignment]
+            if lowercase or all(k == k.lower() for k, _ in raw):
+                self.raw = raw  # type: ignore[assignment]
+            else:
+                self.raw = [(k.lower(), v) for k, v in raw]  # type: ignore[misc]
         else:
             items = raw.items() if isinstance(raw, Mapping) else raw
             self.raw = [(_b(k).lower(), _b(v)) for k, v in items]
@@ -233,7 +237,7 @@ class Request:
     def headers(self) -> Headers:
         h = self._headers
         if h is None:
-            h = self._headers = Headers(self.head.headers)
+            h = self._headers = Headers(self.head.headers, lowercase=True)
         return h
 
     @property
