@@ -469,13 +469,12 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             return 0
         resume_reading = transp.is_reading()
         transp.pause_reading()
-        total = 0
+        progress = [0]
         try:
-            total = await transp._sendfile(fileno, offset, count)
-            return total
+            return await transp._sendfile(fileno, offset, count, progress)
         finally:
-            if total > 0:
-                file.seek(offset + total)
+            if progress[0] > 0:
+                file.seek(offset + progress[0])
             if resume_reading:
                 transp.resume_reading()
 

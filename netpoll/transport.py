@@ -32,7 +32,7 @@ import os
 import select
 import socket
 import warnings
-from asyncio import constants, events, futures, protocols, trsock
+from asyncio import constants, events, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -78,13 +78,16 @@ class IOHandle(events.Handle):
     __slots__ = ()
 
 
-class SocketTransport(asyncio.Transport):
+class SocketTransport(transports._FlowControlMixin):
+    """A TCP or Unix stream socket transport (see the module docstring)."""
+
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     __slots__ = (
         "__weakref__",
-        "_loop",
+        # _loop, _protocol_paused, _high_water, _low_water come from _FlowControlMixin, which
+        # asyncio's sendfile fallback insists on
         "_sock",
         "_sock_fd",  # the fd number, kept after close for repr and the loop's maps
         "_protocol",
@@ -99,9 +102,6 @@ class SocketTransport(asyncio.Transport):
         "_bufsize",  # == sum(map(len, _buffer))
         "_corked",  # on loop._dirty, to be flushed before the next poll
         "_writing",  # writer registered (kernel refused bytes)
-        "_high_water",
-        "_low_water",
-        "_protocol_paused",  # pause_writing() called, resume_writing() not yet
         "_empty_waiter",  # future set when the buffer empties (sendfile/splice waits on it)
         "_write_waiter",  # future set on the next writability (sendfile/splice)
     )
@@ -115,7 +115,7 @@ class SocketTransport(asyncio.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        super().__init__(extra)
+        asyncio.Transport.__init__(self, extra)
         self._sock: socket.socket | None = None
         try:
             self._extra["sockname"] = sock.getsockname()
@@ -444,6 +444,8 @@ class SocketTransport(asyncio.Transport):
         """The buffer just became empty."""
         if self._protocol_paused:
             self._resume_protocol()
+            if self._buffer:
+                return  # resume_writing() wrote more: that flush finishes the job
         if self._empty_waiter is not None:
             w, self._empty_waiter = self._empty_waiter, None
             if not w.done():
@@ -650,8 +652,13 @@ class SocketTransport(asyncio.Transport):
             self._loop._remove_writer(self._sock_fd)
         self._write_waiter = None
 
-    async def _sendfile(self, fileno: int, offset: int, count: int | None) -> int:
-        """Send ``count`` bytes (``None``: to EOF) of ``fileno`` from ``offset`` with os.sendfile."""
+    async def _sendfile(
+        self, fileno: int, offset: int, count: int | None, progress: list[int]
+    ) -> int:
+        """Send ``count`` bytes (``None``: to EOF) of ``fileno`` from ``offset`` with os.sendfile.
+
+        ``progress[0]`` holds the bytes sent so far, also when an error ends the transfer.
+        """
         loop = self._loop
         await self._wait_empty()
         self._empty_waiter = loop.create_future()  # type: ignore[union-attr]  # blocks write()
@@ -676,6 +683,7 @@ class SocketTransport(asyncio.Transport):
                 if sent == 0:
                     break  # end of file
                 total += sent
+                progress[0] = total
                 if count is None or total < count:
                     # one slice per loop turn: other connections get their turn in between
                     await self._wait_writable()
