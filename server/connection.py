@@ -391,20 +391,25 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         err = _Disconnected("client disconnected")
+        woken = False  # the handler waits on our I/O: it gets ClientDisconnected, not a cancel
         for ex in self._queue:
             if isinstance(ex, HttpExchange) and not ex._done_body and ex._body_error is None:
                 ex._body_error = err
+                if ex._waiter is not None and not ex._waiter.done():
+                    woken = True
                 ex._wake()
         for w in self._drain_waiters:
             if not w.done():
                 w.set_exception(err)
+                woken = True
         self._drain_waiters.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         task = self._task
         if task is not None and not task.done():
-            task.cancel()  # its done callback releases us
+            if not woken:
+                task.cancel()  # its done callback releases us
         else:
             self._release()
 
@@ -447,11 +452,12 @@ class HttpConnection(asyncio.Protocol):
                     self._stopped = True
                     if self._transport is not None:
                         self._transport.pause_reading()
-                return
+                break
             pos = parser.feed(data, pos)
             if events:
                 self._on_events(events)
-        self._pending = b""
+        else:
+            self._pending = b""
         if parser.in_head and not self._head_started:
             self._head_started = t = self._loop.time()
             self._arm(t + self.config.header_timeout)

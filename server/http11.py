@@ -138,6 +138,7 @@ class RequestParser:
         self._tail = b""  # last <=3 bytes fed in head/chunked state (a split CRLFCRLF)
         self._error: ProtocolError | None = None
         self._begun = False  # a message has started (bytes of a head seen)
+        self._reusable = True  # llhttp refuses data after a non-keep-alive message
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -150,15 +151,15 @@ class RequestParser:
         self._cl = -1  # Content-Length, -1 when absent
         self._expect = False
         self._body_len = 0  # body bytes delivered so far
-        self._framing = 0  # chunked framing bytes fed (size lines, extensions, trailers)
-        self._chunks = 0
+        self._framing = 0  # chunked framing bytes since the last CRLF fed
 
     def reset(
         self, *, client: tuple[str, int] | None = None, server: tuple[str, int] | None = None
     ) -> None:
         """Make ready for a new connection (reuses the llhttp parser when it is clean)."""
-        if self._state != _HEAD or self._begun or self._error is not None:
+        if self._state != _HEAD or self._begun or self._error is not None or not self._reusable:
             self._p = httptools.HttpRequestParser(self)
+            self._reusable = True
         self.client = client
         self.server = server
         self.events = []
@@ -209,24 +210,28 @@ class RequestParser:
         if state == _BODY_CL:
             end = min(n, pos + self._cl - self._body_len)
         else:
+            # Head: cut after CRLF CRLF. Chunked body: cut after every CRLF, so one piece holds
+            # at most one size line (extension length is measurable) and the message still
+            # ends at the end of a piece.
+            term = _TERM if state == _HEAD else b"\r\n"
+            k = len(term)
             end = -1
             tail = self._tail
             if tail:  # a terminator split across two feeds
-                i = (tail + data[pos : pos + 3]).find(_TERM)
+                i = (tail + data[pos : pos + k - 1]).find(term)
                 if i >= 0:
-                    end = pos + i + 4 - len(tail)
+                    end = pos + i + k - len(tail)
             if end < 0:
-                end = data.find(_TERM, pos)
-                end = n if end < 0 else end + 4
-            if end == n and data[end - 4 : end] != _TERM:
-                self._tail = (tail + data[max(pos, end - 3) : end])[-3:]
+                end = data.find(term, pos)
+                end = n if end < 0 else end + k
+            if end == n and data[end - k : end] != term:
+                self._tail = (tail + data[max(pos, end - k + 1) : end])[1 - k :]
             else:
                 self._tail = b""
             if state == _HEAD:
                 self._begun = True
                 self._head_bytes += end - pos
-            else:
-                self._framing += end - pos
+        body_before = self._body_len
         piece = data if (pos == 0 and end == n) else memoryview(data)[pos:end]
         try:
             self._p.feed_data(piece)
@@ -238,17 +243,19 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             self._fail(self._error or self._map_error(exc))
             return n
-        state = self._state
         if state == _HEAD:
-            if self._begun and self._head_bytes > self._max_line + self._max_hsize + 4:
-                self._fail(ProtocolError(431, "request header block too large"))
-                return n
+            if self._state == _HEAD and self._begun:
+                if self._head_bytes > self._max_line + self._max_hsize + 4:
+                    self._fail(ProtocolError(431, "request header block too large"))
+                    return n
         elif state == _BODY_CHUNKED:
-            # Framing allowed per chunk: size line and CRLFs, extensions up to the limit.
-            allowed = (self._chunks + 1) * (self.config.max_chunk_ext + 24) + self._max_hsize
-            if self._framing - self._body_len > allowed:
-                self._fail(ProtocolError(400, "chunk extensions too large"))
+            # Framing bytes since the last CRLF: a size line with its extensions, or a trailer.
+            self._framing += (end - pos) - (self._body_len - body_before)
+            if self._framing > self.config.max_chunk_ext + 32:
+                self._fail(ProtocolError(400, "chunk extension or trailer line too long"))
                 return n
+            if not self._tail:
+                self._framing = 0
         return end
 
     def _fail(self, err: ProtocolError) -> None:
@@ -348,6 +355,9 @@ class RequestParser:
             path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
         else:
             path = raw_path.decode("utf-8", "replace")
+        keep_alive = p.should_keep_alive()
+        if not keep_alive:
+            self._reusable = False
         head = RequestHead(
             method,
             path,
@@ -355,7 +365,7 @@ class RequestParser:
             query,
             version,
             self._headers,
-            p.should_keep_alive(),
+            keep_alive,
             self.client,
             self.server,
             self.scheme,
@@ -368,9 +378,6 @@ class RequestParser:
         elif self._cl > 0:
             self._state = _BODY_CL
         self._tail = b""
-
-    def on_chunk_header(self) -> None:
-        self._chunks += 1
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)

@@ -1,0 +1,496 @@
+"""The HTTP/1.1 connection layer over real loopback sockets, on netpoll, uvloop and asyncio.
+
+The helpers at the top (``running``, ``Raw``, ``read_response``) are imported by
+``test_bad_input.py`` and ``test_serve.py`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import logging
+import os
+import socket
+import struct
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from server.config import Config
+from server.exchange import ClientDisconnected, Exchange
+from server.serve import serve
+
+Handler = Callable[[Exchange], Awaitable[None]]
+TEST_CONFIG = Config(port=0, graceful_timeout=2.0)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    handler: Handler, config: Config = TEST_CONFIG, **changes: Any
+) -> AsyncIterator[int]:
+    """Serve ``handler`` on 127.0.0.1:<ephemeral>; yield the port; shut down on exit."""
+    cfg = config.with_(port=0, **changes)
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[list[tuple[Any, ...]]] = loop.create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(handler, cfg, ready=ready.set_result, shutdown=stop))
+    await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield ready.result()[0][1]
+    finally:
+        stop.set()
+        await task
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[bytes, bytes]
+    body: bytes
+    head: bytes
+
+
+async def read_response(reader: asyncio.StreamReader, *, head_request: bool = False) -> Response:
+    """Read one response (Content-Length, chunked or close-delimited)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        if line:
+            k, v = line.split(b":", 1)
+            headers[k.strip().lower()] = v.strip()
+    if head_request or status in (100, 204, 304):
+        return Response(status, headers, b"", head)
+    if headers.get(b"transfer-encoding") == b"chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            body += await reader.readexactly(size)
+            assert await reader.readexactly(2) == b"\r\n"
+        return Response(status, headers, body, head)
+    if b"content-length" in headers:
+        return Response(
+            status, headers, await reader.readexactly(int(headers[b"content-length"])), head
+        )
+    return Response(status, headers, await reader.read(), head)
+
+
+class Raw:
+    """A raw client connection (asyncio streams) for byte-exact requests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Raw:
+        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        return cls(r, w)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, **kw: Any) -> Response:
+        return await asyncio.wait_for(read_response(self.reader, **kw), 10)
+
+    async def closed(self) -> bool:
+        """True if the server closes the connection (EOF or reset) with nothing more sent."""
+        try:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+        except ConnectionResetError:
+            return True
+        return data == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+    def reset(self) -> None:
+        """Close with RST (SO_LINGER 0)."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+
+async def fd_baseline(fd_count: Callable[[], int]) -> int:
+    """fd count after one full server/client cycle (loops open some fds lazily, e.g. uvloop's
+    resolver thread pool), so that before/after comparisons see only leaks."""
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(get())
+        await c.response()
+        await c.close()
+        async with httpx.AsyncClient() as client:
+            await client.get(f"http://127.0.0.1:{port}/")
+    return fd_count()
+
+
+def get(path: str = "/", extra: bytes = b"") -> bytes:
+    return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n"
+
+
+async def echo(ex: Exchange) -> None:
+    """Echo method, path and body; header ``x-status`` chooses the status."""
+    body = b""
+    while chunk := await ex.receive():
+        body += chunk
+    status = int(ex.head.get_header(b"x-status", b"200"))  # type: ignore[arg-type]
+    ex.respond(
+        status,
+        [(b"content-type", b"text/plain")],
+        f"{ex.head.method} {ex.head.path} ".encode() + body,
+    )
+
+
+# --- keep-alive, pipelining, versions ---
+
+
+async def test_keep_alive_with_httpx(fd_count: Callable[[], int]) -> None:
+    before = await fd_baseline(fd_count)
+    async with running(echo) as port:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for i in range(5):
+                r = await client.post(f"/p{i}", content=b"x" * i)
+                assert r.status_code == 200 and r.text == f"POST /p{i} " + "x" * i
+                assert "date" in r.headers and r.headers["server"] == "netpoll"
+                assert r.headers.get("connection") is None
+    assert fd_count() == before
+
+
+async def test_pipelined_in_order() -> None:
+    async def slow_first(ex: Exchange) -> None:
+        if ex.head.path == "/0":
+            await asyncio.sleep(0.01)  # a slower first handler must not reorder responses
+        ex.respond(200, [], ex.head.path.encode())
+
+    async with running(slow_first) as port:
+        c = await Raw.open(port)
+        await c.send(b"".join(get(f"/{i}") for i in range(40)))
+        for i in range(40):
+            assert (await c.response()).body == f"/{i}".encode()
+        await c.close()
+
+
+async def test_http10_and_connection_close() -> None:
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(b"GET /a HTTP/1.0\r\n\r\n")
+        r = await c.response()
+        assert r.status == 200 and r.headers[b"connection"] == b"close" and await c.closed()
+        c = await Raw.open(port)
+        await c.send(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 2)
+        for _ in range(2):
+            r = await c.response()
+            assert r.headers[b"connection"] == b"keep-alive"
+        await c.close()
+        c = await Raw.open(port)
+        await c.send(get("/c", b"Connection: close\r\n") + get("/ignored"))
+        r = await c.response()
+        assert r.body == b"GET /c " and r.headers[b"connection"] == b"close" and await c.closed()
+
+
+async def test_max_requests_per_connection() -> None:
+    async with running(echo, max_requests_per_connection=3) as port:
+        c = await Raw.open(port)
+        await c.send(get() * 5)
+        for _ in range(2):
+            assert b"connection" not in (await c.response()).headers
+        assert (await c.response()).headers[b"connection"] == b"close"
+        assert await c.closed()
+
+
+async def test_http_client_head_and_1_0_stream() -> None:
+    async def stream(ex: Exchange) -> None:
+        ex.start(200, [(b"x-kind", b"stream")])
+        await ex.write(b"part1-")
+        await ex.write(b"")
+        await ex.write(b"part2")
+        await ex.end()
+
+    async with running(stream) as port:
+
+        def client() -> list[Any]:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            c.request("GET", "/")
+            r1 = c.getresponse()
+            b1 = r1.read()
+            c.request("HEAD", "/")
+            r2 = c.getresponse()
+            b2 = r2.read()
+            return [r1.getheader("transfer-encoding"), b1, r2.getheader("transfer-encoding"), b2]
+
+        assert await asyncio.to_thread(client) == ["chunked", b"part1-part2", "chunked", b""]
+        c = await Raw.open(port)
+        await c.send(b"GET / HTTP/1.0\r\n\r\n")
+        r = await c.response()
+        assert r.body == b"part1-part2" and b"transfer-encoding" not in r.headers
+
+
+async def test_head_same_headers_no_body() -> None:
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(get("/x") + b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n" + get("/y"))
+        g = await c.response()
+        h = await c.response(head_request=True)
+        assert h.headers[b"content-length"] == b"8" and g.body == b"GET /x "
+        assert (await c.response()).body == b"GET /y "
+        await c.close()
+
+
+# --- request bodies ---
+
+
+async def test_chunked_request_body_and_backpressure() -> None:
+    seen: list[int] = []
+
+    async def slow_reader(ex: Exchange) -> None:
+        total = 0
+        while chunk := await ex.receive():
+            total += len(chunk)
+            seen.append(len(chunk))
+            await asyncio.sleep(0)
+        ex.respond(200, [], str(total).encode())
+
+    async with running(slow_reader, max_body_size=64 << 20) as port:
+        c = await Raw.open(port)
+        await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        piece = b"y" * 65536
+        for _ in range(128):  # 8 MiB
+            c.writer.write(b"10000\r\n" + piece + b"\r\n")
+        c.writer.write(b"0\r\n\r\n")
+        await c.writer.drain()
+        r = await c.response()
+        assert r.body == str(128 * 65536).encode()
+        await c.close()
+
+
+async def test_expect_100_continue() -> None:
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(
+            b"POST /e HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+        )
+        line = await asyncio.wait_for(c.reader.readuntil(b"\r\n\r\n"), 10)
+        assert line == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await c.send(b"body")
+        assert (await c.response()).body == b"POST /e body"
+        await c.close()
+
+
+async def test_unread_body_drained_or_closed() -> None:
+    async def ignore_body(ex: Exchange) -> None:
+        ex.respond(200, [], b"ok")
+
+    async with running(ignore_body, max_drain_body=1024) as port:
+        c = await Raw.open(port)
+        body = b"z" * 1000
+        await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n" + body + get())
+        assert b"connection" not in (await c.response()).headers
+        assert (await c.response()).status == 200
+        await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        r = await c.response()
+        assert r.headers[b"connection"] == b"close" and await c.closed()
+
+
+async def test_disconnect_mid_body_raises() -> None:
+    got: asyncio.Future[BaseException | bytes] = asyncio.get_running_loop().create_future()
+
+    async def reader(ex: Exchange) -> None:
+        try:
+            while await ex.receive():
+                pass
+            got.set_result(b"complete?!")
+        except ClientDisconnected as exc:
+            got.set_result(exc)
+            raise
+
+    async with running(reader) as port:
+        c = await Raw.open(port)
+        await c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-some")
+        await c.close()
+        assert isinstance(await asyncio.wait_for(got, 10), ClientDisconnected)
+
+
+async def test_half_close_still_answered() -> None:
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(get("/h1") + get("/h2"))
+        c.writer.write_eof()
+        assert (await c.response()).body == b"GET /h1 "
+        assert (await c.response()).body == b"GET /h2 "
+        assert await c.closed()
+
+
+# --- responses: streaming, flow control, sendfile ---
+
+
+async def test_slow_reader_pauses_handler() -> None:
+    blocked = asyncio.Event()
+    total = 64 << 20
+
+    async def big(ex: Exchange) -> None:
+        ex.start(200, [], content_length=total)
+        chunk = b"w" * (1 << 20)
+        for _ in range(total >> 20):
+            write = asyncio.ensure_future(ex.write(chunk))
+            done, _ = await asyncio.wait([write], timeout=0.5)
+            if not done:
+                blocked.set()  # the client is not reading: write waits for the drain
+            await write
+        await ex.end()
+
+    async with running(big) as port:
+        c = await Raw.open(port)
+        await c.send(get())
+        await asyncio.wait_for(blocked.wait(), 20)
+        r = await c.response()
+        assert len(r.body) == total
+        await c.close()
+
+
+@pytest.mark.parametrize("length", [True, False])
+async def test_sendfile(length: bool) -> None:
+    data = os.urandom(300_000)
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+
+        async def send(ex: Exchange) -> None:
+            ex.start(
+                200, [(b"content-type", b"application/octet-stream")], 200_000 if length else None
+            )
+            await ex.sendfile(f, 50_000, 100_000)
+            await ex.sendfile(f, 150_000, 100_000)
+            await ex.end()
+
+        async with running(send) as port:
+            c = await Raw.open(port)
+            await c.send(get() + get())
+            for _ in range(2):
+                r = await c.response()
+                assert r.body == data[50_000:250_000]
+            await c.close()
+
+
+async def test_current_task_inside_handler() -> None:
+    async def task_info(ex: Exchange) -> None:
+        ex.respond(200, [], b"yes" if asyncio.current_task() is not None else b"no")
+
+    async with running(task_info) as port:
+        c = await Raw.open(port)
+        await c.send(get())
+        assert (await c.response()).body == b"yes"
+        await c.close()
+
+
+# --- timeouts ---
+
+
+async def test_keepalive_idle_closes_silently() -> None:
+    async with running(echo, keepalive_timeout=0.3) as port:
+        c = await Raw.open(port)
+        await c.send(get())
+        await c.response()
+        assert await c.closed()
+
+
+async def test_send_timeout_aborts_non_reader() -> None:
+    outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def flood(ex: Exchange) -> None:
+        ex.start(200, [])
+        try:
+            while True:
+                await ex.write(b"f" * 65536)
+        except ClientDisconnected:
+            outcome.set_result("disconnected")
+            raise
+
+    async with running(flood, send_timeout=0.5) as port:
+        c = await Raw.open(port)
+        await c.send(get())
+        assert await asyncio.wait_for(outcome, 20) == "disconnected"
+        await c.close()
+
+
+async def test_request_timeout_503() -> None:
+    async def stuck(ex: Exchange) -> None:
+        await asyncio.Event().wait()
+
+    async with running(stuck, request_timeout=0.3) as port:
+        c = await Raw.open(port)
+        await c.send(get())
+        assert (await c.response()).status == 503
+
+
+# --- faults ---
+
+
+async def test_handler_exception_500_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def boom(ex: Exchange) -> None:
+        if ex.head.path == "/boom":
+            raise RuntimeError("kaboom")
+        ex.respond(200, [], b"fine")
+
+    with caplog.at_level(logging.ERROR, logger="server"):
+        async with running(boom) as port:
+            c = await Raw.open(port)
+            await c.send(get("/boom") + get("/ok"))
+            r = await c.response()
+            assert r.status == 500 and b"kaboom" not in r.body
+            assert (await c.response()).body == b"fine"
+            await c.close()
+    records = [r for r in caplog.records if r.name == "server"]
+    assert len(records) == 1 and "kaboom" in str(records[0].exc_info[1])  # type: ignore[index]
+
+
+async def test_no_response_and_unfinished_response() -> None:
+    async def lazy(ex: Exchange) -> None:
+        if ex.head.path == "/half":
+            ex.start(200, [])
+            await ex.write(b"partial")
+
+    async with running(lazy) as port:
+        c = await Raw.open(port)
+        await c.send(get("/none"))
+        assert (await c.response()).status == 500
+        await c.send(get("/half"))
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+            await c.response()
+
+
+async def test_client_reset_mid_response_cancels_handler(fd_count: Callable[[], int]) -> None:
+    started = asyncio.Event()
+    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def endless(ex: Exchange) -> None:
+        ex.start(200, [])
+        try:
+            while True:
+                await ex.write(b"e" * 65536)
+                started.set()
+        except (ClientDisconnected, asyncio.CancelledError) as exc:
+            ended.set_result(type(exc).__name__)
+            raise
+
+    before = await fd_baseline(fd_count)
+    async with running(endless) as port:
+        c = await Raw.open(port)
+        await c.send(get())
+        await started.wait()
+        c.reset()
+        assert await asyncio.wait_for(ended, 10) in ("_Disconnected", "CancelledError")
+    assert fd_count() == before

@@ -1,0 +1,270 @@
+"""The sans-IO HTTP/1.1 core, fed bytes directly: no socket, no loop, no clock."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import pytest
+
+from server.config import Config
+from server.exchange import InvalidHeader, RequestHead
+from server.http11 import (
+    END,
+    LAST_CHUNK,
+    FileSlice,
+    ProtocolError,
+    RequestParser,
+    chunk_frame,
+    date_header,
+    error_response,
+    response_head,
+    status_line,
+)
+
+CFG = Config()
+
+
+def parse(data: bytes, config: Config = CFG, splits: list[int] | None = None) -> list[object]:
+    """Feed ``data`` (cut at ``splits``) piece by piece; return the events, bodies joined."""
+    p = RequestParser(config)
+    cuts = [0, *(splits or []), len(data)]
+    for a, b in itertools.pairwise(cuts):
+        chunk = data[a:b]
+        pos = 0
+        while pos < len(chunk):
+            pos = p.feed(chunk, pos)
+    out: list[object] = []
+    for ev in p.events:
+        if type(ev) is bytes and out and type(out[-1]) is bytes:
+            out[-1] += ev
+        else:
+            out.append(ev)
+    return out
+
+
+def error_of(data: bytes, config: Config = CFG) -> ProtocolError:
+    events = parse(data, config)
+    assert isinstance(events[-1], ProtocolError), events
+    return events[-1]
+
+
+PIPELINE = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"
+    b"POST /b%20c HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3;ext=1\r\nabc\r\n4\r\n\r\n\r\n\r\n0\r\nTrailer: t\r\n\r\n"
+    b"GET /d HTTP/1.0\r\n\r\n"
+)
+
+
+def check_pipeline(events: list[object]) -> None:
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert [h.method for h in heads] == ["GET", "POST", "POST", "GET"]
+    assert [h.path for h in heads] == ["/a", "/b c", "/c", "/d"]
+    assert heads[0].query_string == b"x=1"
+    assert heads[1].raw_path == b"/b%20c"
+    assert heads[0].headers == [(b"host", b"h"), (b"x-a", b"1")]
+    assert heads[3].http_version == "1.0" and not heads[3].keep_alive
+    assert heads[0].keep_alive
+    bodies = [e for e in events if type(e) is bytes]
+    assert bodies == [b"hello", b"abc\r\n\r\n"]
+    assert events.count(END) == 4
+    assert not any(isinstance(e, ProtocolError) for e in events)
+
+
+def test_pipeline_whole() -> None:
+    check_pipeline(parse(PIPELINE))
+
+
+def test_pipeline_split_at_every_position() -> None:
+    for i in range(1, len(PIPELINE)):
+        check_pipeline(parse(PIPELINE, splits=[i]))
+
+
+def test_pipeline_byte_by_byte() -> None:
+    check_pipeline(parse(PIPELINE, splits=list(range(1, len(PIPELINE)))))
+
+
+def test_pieces_never_span_two_messages() -> None:
+    p = RequestParser(CFG)
+    pos, ends = 0, []
+    while pos < len(PIPELINE):
+        pos = p.feed(PIPELINE, pos)
+        if p.events and p.events[-1] is END:
+            ends.append(pos)
+        p.events.clear()
+    assert len(ends) == 4 and ends[-1] == len(PIPELINE)
+    assert PIPELINE[ends[0] : ends[0] + 4] == b"POST"
+
+
+def test_expect_continue_and_keep_alive_10() -> None:
+    [head, _] = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert isinstance(head, RequestHead) and head.keep_alive
+    ev = parse(b"POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+    assert isinstance(ev[0], RequestHead) and ev[0].expect_continue
+
+
+def test_absolute_form_target() -> None:
+    [head, _] = parse(b"GET http://h/p/q?z=2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(head, RequestHead)
+    assert head.path == "/p/q" and head.query_string == b"z=2"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3x\r\n\r\nabc", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n",
+            400,
+        ),
+        (b"\x00\x01garbage\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 405),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n", 413),
+    ],
+)
+def test_bad_framing(raw: bytes, status: int) -> None:
+    assert error_of(raw).status == status
+    for i in range(1, len(raw)):  # the verdict does not depend on how bytes arrive
+        events = parse(raw, splits=[i])
+        assert isinstance(events[-1], ProtocolError) and events[-1].status == status, i
+
+
+def test_limits() -> None:
+    assert error_of(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n").status == 414
+    big = b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"v" * 17000 + b"\r\n\r\n"
+    assert error_of(big).status == 431
+    many = (
+        b"GET / HTTP/1.1\r\nHost: h\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(101))
+        + b"\r\n"
+    )
+    assert error_of(many).status == 431
+    chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = chunked + b"".join(b"10000\r\n" + b"x" * 0x10000 + b"\r\n" for _ in range(17))
+    assert error_of(body).status == 413
+    ext = chunked + b"3;" + b"e" * 10000 + b"\r\nabc\r\n0\r\n\r\n"
+    assert error_of(ext).status == 400
+
+
+def test_incomplete_head_is_bounded_without_terminator() -> None:
+    p = RequestParser(CFG)
+    data = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 1000
+    p.feed(data)
+    for _ in range(30):
+        p.feed(b"v" * 1000)
+    assert p.dead and isinstance(p.events[-1], ProtocolError) and p.events[-1].status == 431
+
+
+def test_small_limits_from_config() -> None:
+    cfg = Config(max_header_count=2, max_body_size=3)
+    assert error_of(b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n", cfg).status == 431
+    assert (
+        error_of(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nabcd", cfg).status == 413
+    )
+
+
+def test_upgrade_answered_then_dead() -> None:
+    p = RequestParser(CFG)
+    p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+    assert isinstance(p.events[0], RequestHead) and p.events[-1] is END
+    assert p.dead
+
+
+def test_reset_reuses_parser_state() -> None:
+    p = RequestParser(CFG)
+    p.feed(b"GET / HTTP/1.1\r\nHo")
+    assert p.in_head
+    p.reset(client=("1.2.3.4", 5))
+    p.feed(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(p.events[0], RequestHead) and p.events[0].client == ("1.2.3.4", 5)
+    assert "RequestParser" in repr(p)
+
+
+# --- responses ---
+
+
+def test_response_head_fixed_length() -> None:
+    head, chunked, keep = response_head(
+        200,
+        [(b"content-type", b"text/plain")],
+        content_length=5,
+        keep_alive=True,
+        server=b"server: t\r\n",
+    )
+    assert not chunked and keep
+    assert head.startswith(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n")
+    assert b"\r\ndate: " in head and b"server: t\r\n" in head and head.endswith(b"\r\n\r\n")
+    assert b"connection" not in head
+
+
+def test_response_head_streamed_and_close() -> None:
+    head, chunked, _ = response_head(200, [], content_length=None, keep_alive=True)
+    assert chunked and b"transfer-encoding: chunked\r\n" in head
+    head, chunked, keep = response_head(200, [], content_length=None, keep_alive=True, http10=True)
+    assert not chunked and not keep and b"connection: close" in head
+    head, _, keep = response_head(200, [], content_length=0, keep_alive=True, http10=True)
+    assert keep and b"connection: keep-alive" in head
+    head, _, keep = response_head(
+        200, [(b"Connection", b"close")], content_length=0, keep_alive=True
+    )
+    assert not keep and head.count(b"onnection") == 1
+    head, _, _ = response_head(204, [], content_length=0, keep_alive=True)
+    assert b"content-length" not in head
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"x", b"a\r\nSet-Cookie: evil")],
+        [(b"x", b"a\nb")],
+        [(b"x", b"a\x00b")],
+        [(b"x\r\ny", b"v")],
+        [(b"bad name", b"v")],
+        [(b"", b"v")],
+    ],
+)
+def test_invalid_response_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(InvalidHeader):
+        response_head(200, headers, content_length=0, keep_alive=True)
+
+
+def test_status_lines_and_dates() -> None:
+    assert status_line(404) == b"HTTP/1.1 404 Not Found\r\n"
+    assert status_line(404) is status_line(404)
+    assert status_line(599) == b"HTTP/1.1 599 \r\n"
+    with pytest.raises(InvalidHeader):
+        status_line(42)
+    d1 = date_header(1_000_000_000.2)
+    assert d1 == b"date: Sun, 09 Sep 2001 01:46:40 GMT\r\n"
+    assert date_header(1_000_000_000.9) is d1
+    assert date_header(1_000_000_001.0) != d1
+
+
+def test_chunk_frames_and_file_slices() -> None:
+    assert chunk_frame(b"") == []
+    assert chunk_frame(b"abc") == [b"3\r\n", b"abc", b"\r\n"]
+    fs = FileSlice(io.BytesIO(b"x" * 300), 10, 256)
+    assert len(fs) == 256 and chunk_frame(fs)[0] == b"100\r\n" and chunk_frame(fs)[1] is fs
+    assert LAST_CHUNK == b"0\r\n\r\n"
+    head, body = error_response(400, "bad thing")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in head
+    assert body == b"bad thing\n" and b"content-length: 10\r\n" in head
