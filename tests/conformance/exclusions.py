@@ -35,7 +35,19 @@ class Exclusion:
         return fnmatch.fnmatchcase(short_id, self.pattern)
 
 
-EXCLUSIONS: tuple[Exclusion, ...] = ()
+EXCLUSIONS: tuple[Exclusion, ...] = (
+    # Nothing fails on stock asyncio here (3.11.7, 3.12.1, 3.13.0; every module run alone, two
+    # modules at a time), so there is no "both loops" entry yet.
+    Exclusion(
+        "test_base_events.BaseEventLoopWithSelectorTests.test_accept_connection_exception",
+        "private internals and a deliberate design difference: calls loop._accept_connection() "
+        "with mocked loop._remove_reader/loop.call_later and asserts stock's retry "
+        "call_later(constants.ACCEPT_RETRY_DELAY == 1 s, <loop._start_serving>, ...); netpoll "
+        "backs off on EMFILE from 5 ms doubling to 1 s via its own _resume_accept (DESIGN.md, "
+        "accept loop). The error is logged and the socket kept open, as the test also checks.",
+        NETPOLL,
+    ),
+)
 
 
 def excluded(test_id: str, loop: str, version: tuple[int, int]) -> str | None:
