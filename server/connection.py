@@ -70,6 +70,7 @@ logger = logging.getLogger("server")
 _BODY_HIGH = 256 * 1024  # buffered, unread request body that pauses reading
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FILE_CHUNK = 256 * 1024
+_LINGER = 2.0  # seconds a lingering close waits for the client's FIN
 _EAGER = sys.version_info >= (3, 12)
 _NO_SENDFILE: tuple[type[BaseException], ...] = (
     NotImplementedError,
@@ -349,6 +350,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_wait_since = 0.0
         self._timed_out = False  # the current handler was cancelled by request_timeout
         self._dispatching = False  # inside _dispatch (guards against recursion)
+        self._lingering = False  # FIN sent, discarding input until the client's FIN
 
     def __repr__(self) -> str:
         peer = self._parser.client
@@ -373,6 +375,8 @@ class HttpConnection(asyncio.Protocol):
         self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         if self._stopped or self._pending:
             self._pending += data
             return
@@ -380,6 +384,8 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._lingering:
+            return False
         parsing = self._parsing
         if parsing is not None and not parsing._done_body:
             parsing._body_error = ClientDisconnected("client closed before the body was complete")
@@ -647,9 +653,23 @@ class HttpConnection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        """Lingering close: send FIN, discard what the client still sends, close on its FIN
+        (or after ``_LINGER`` s). Closing with unread data would send a reset that can destroy
+        the last response before the client reads it."""
         t = self._transport
-        if t is not None and not t.is_closing():
+        if t is None or t.is_closing() or self._lingering:
+            return
+        self._closing = True
+        if not t.can_write_eof():
             t.close()
+            return
+        self._lingering = True
+        t.write_eof()
+        self._pending = b""
+        if self._stopped:
+            self._stopped = False
+            t.resume_reading()
+        self._arm(self._loop.time() + _LINGER)
 
     def _close_when_idle(self) -> None:
         if not self._queue:
@@ -715,6 +735,9 @@ class HttpConnection(asyncio.Protocol):
         self._timer = None
         if self._transport is None:
             return
+        if self._lingering:
+            self._transport.close()
+            return
         cfg = self.config
         now = self._loop.time()
         deadlines: list[float] = []
@@ -744,7 +767,7 @@ class HttpConnection(asyncio.Protocol):
             elif not self._parser.in_body and self._parsing is None:
                 dl = self._last_activity + cfg.keepalive_timeout
                 if now >= dl:
-                    self._close()  # idle keep-alive: close silently
+                    self._transport.close()  # idle keep-alive: close silently
                     return
                 deadlines.append(dl)
         deadlines.append(now + min(cfg.keepalive_timeout, cfg.header_timeout, 1.0) + 0.0)
@@ -768,7 +791,9 @@ class HttpConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in flight."""
         self._closing = True
-        if self.idle:
+        if self._lingering and self._transport is not None:
+            self._transport.close()
+        elif self.idle:
             self._close()
 
     def abort(self) -> None:
