@@ -26,14 +26,14 @@ right after ``connection_lost`` returns, and unregistered from the poller before
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import select
 import socket
 import warnings
 from asyncio import constants, events, futures, protocols, transports, trsock
 from typing import TYPE_CHECKING, Any
+
+from .transport_zc import ZeroCopyMixin
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -46,10 +46,6 @@ except (AttributeError, ValueError, OSError):  # pragma: no cover - platform dep
     IOV_MAX = 16
 
 HAS_SPLICE = hasattr(os, "splice")
-_SENDFILE_UNAVAILABLE = {errno.ENOTSOCK, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
-if hasattr(errno, "EOPNOTSUPP"):
-    _SENDFILE_UNAVAILABLE.add(errno.EOPNOTSUPP)
-_SLICE_MAX = 1 << 20  # bytes per sendfile/splice call: one slice per loop turn, for fairness
 
 
 def _own_bytes(data: Any) -> Any:
@@ -78,7 +74,7 @@ class IOHandle(events.Handle):
     __slots__ = ()
 
 
-class SocketTransport(transports._FlowControlMixin):
+class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
     """A TCP or Unix stream socket transport (see the module docstring)."""
 
     _start_tls_compatible = True
@@ -616,115 +612,3 @@ class SocketTransport(transports._FlowControlMixin):
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
-
-    # ----------------------------------------------------------------- zero-copy
-
-    async def _wait_empty(self) -> None:
-        """Wait until everything written so far has reached the kernel."""
-        if self._conn_lost:
-            raise ConnectionError("Connection lost")
-        if not self._buffer:
-            return
-        loop = self._loop
-        fut = loop.create_future()  # type: ignore[union-attr]
-        self._empty_waiter = fut
-        if self._corked:
-            # flush now instead of waiting for the end of the turn
-            self._corked = False
-            self._flush()
-            if self._empty_waiter is None:  # drained synchronously
-                return
-        await fut
-
-    async def _wait_writable(self) -> None:
-        if self._conn_lost:
-            raise ConnectionError("Connection lost")
-        fut = self._loop.create_future()  # type: ignore[union-attr]
-        self._write_waiter = fut
-        if not self._writing:
-            self._writing = True
-            self._loop._add_io(self._sock_fd, False, self._on_writable)  # type: ignore[union-attr]
-        await fut
-
-    def _end_zero_copy(self) -> None:
-        if self._writing and not self._buffer and self._loop is not None:
-            self._writing = False
-            self._loop._remove_writer(self._sock_fd)
-        self._write_waiter = None
-
-    async def _sendfile(
-        self, fileno: int, offset: int, count: int | None, progress: list[int]
-    ) -> int:
-        """Send ``count`` bytes (``None``: to EOF) of ``fileno`` from ``offset`` with os.sendfile.
-
-        ``progress[0]`` holds the bytes sent so far, also when an error ends the transfer.
-        """
-        loop = self._loop
-        await self._wait_empty()
-        self._empty_waiter = loop.create_future()  # type: ignore[union-attr]  # blocks write()
-        total = 0
-        try:
-            while count is None or total < count:
-                want = _SLICE_MAX if count is None else min(count - total, _SLICE_MAX)
-                try:
-                    sent = os.sendfile(self._sock_fd, fileno, offset + total, want)
-                except (BlockingIOError, InterruptedError):
-                    await self._wait_writable()
-                    continue
-                except OSError as exc:
-                    if total == 0 and exc.errno in _SENDFILE_UNAVAILABLE:
-                        raise asyncio.SendfileNotAvailableError(
-                            f"os.sendfile() cannot send this file: {exc}"
-                        ) from exc
-                    self._fatal_error(exc, "Fatal error in sendfile")
-                    raise
-                loop._st_sendfile += 1  # type: ignore[union-attr]
-                loop._st_bytes_out += sent  # type: ignore[union-attr]
-                if sent == 0:
-                    break  # end of file
-                total += sent
-                progress[0] = total
-                if count is None or total < count:
-                    # one slice per loop turn: other connections get their turn in between
-                    await self._wait_writable()
-            return total
-        finally:
-            w, self._empty_waiter = self._empty_waiter, None
-            if w is not None and not w.done():
-                w.cancel()
-            self._end_zero_copy()
-
-    async def _splice(self, pipe_fd: int, count: int | None) -> int:
-        """Move bytes from a pipe to the socket with os.splice until EOF or ``count``."""
-        loop = self._loop
-        await self._wait_empty()
-        self._empty_waiter = loop.create_future()  # type: ignore[union-attr]
-        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        total = 0
-        try:
-            while count is None or total < count:
-                want = _SLICE_MAX if count is None else min(count - total, _SLICE_MAX)
-                try:
-                    moved = os.splice(pipe_fd, self._sock_fd, want, flags=flags)
-                except (BlockingIOError, InterruptedError):
-                    # either the pipe is empty or the socket is full: ask which
-                    readable, writable, _ = select.select([pipe_fd], [self._sock_fd], [], 0)
-                    if not writable:
-                        await self._wait_writable()
-                    elif not readable:
-                        await loop._wait_fd_readable(pipe_fd)  # type: ignore[union-attr]
-                    continue
-                except OSError as exc:
-                    self._fatal_error(exc, "Fatal error in splice")
-                    raise
-                loop._st_splice += 1  # type: ignore[union-attr]
-                if moved == 0:
-                    break  # the pipe's writer closed it
-                loop._st_bytes_out += moved  # type: ignore[union-attr]
-                total += moved
-            return total
-        finally:
-            w, self._empty_waiter = self._empty_waiter, None
-            if w is not None and not w.done():
-                w.cancel()
-            self._end_zero_copy()
