@@ -351,6 +351,7 @@ class HttpConnection(asyncio.Protocol):
         self._timed_out = False  # the current handler was cancelled by request_timeout
         self._dispatching = False  # inside _dispatch (guards against recursion)
         self._lingering = False  # FIN sent, discarding input until the client's FIN
+        self._shutdown = False  # server shutting down: close without lingering
 
     def __repr__(self) -> str:
         peer = self._parser.client
@@ -660,7 +661,7 @@ class HttpConnection(asyncio.Protocol):
         if t is None or t.is_closing() or self._lingering:
             return
         self._closing = True
-        if not t.can_write_eof():
+        if self._shutdown or not t.can_write_eof():
             t.close()
             return
         self._lingering = True
@@ -790,7 +791,7 @@ class HttpConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in flight."""
-        self._closing = True
+        self._closing = self._shutdown = True
         if self._lingering and self._transport is not None:
             self._transport.close()
         elif self.idle:
