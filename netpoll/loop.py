@@ -455,6 +455,7 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     async def _sendfile_native(  # type: ignore[override]
         self, transp: asyncio.WriteTransport, file: Any, offset: int, count: int | None
     ) -> int:
+        _check_sendfile_args(file, offset, count)
         if not isinstance(transp, SocketTransport) or not hasattr(os, "sendfile"):
             raise asyncio.SendfileNotAvailableError("not a netpoll socket transport")
         try:
@@ -491,6 +492,21 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
                 transport._release_on_loop_close()
         self._dirty.clear()
         super().close()
+
+
+def _check_sendfile_args(file: Any, offset: Any, count: Any) -> None:
+    """The argument errors asyncio's own sendfile raises, in the same order."""
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
