@@ -21,20 +21,19 @@ layer aborts the connection. A client that disconnected is not an error and is n
 :class:`~server.exchange.BodyTooLarge` is answered 413.
 
 Startup/shutdown hooks run through :meth:`App.startup` / :meth:`App.shutdown` (the server and
-the test client call them). ``app.static(prefix, directory)`` mounts a simple, safe file handler
-(see :func:`safe_join`).
+the test client call them). ``app.static(prefix, directory)`` mounts a
+:class:`~server.response.StaticFiles` (zero-copy, conditional and range requests, open-file
+cache, safe paths).
 """
 
 from __future__ import annotations
 
-import html
 import http
 import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from server.config import Config
 from server.exchange import BodyTooLarge, ClientDisconnected, Exchange
@@ -43,14 +42,14 @@ from server.response import (
     CT_BYTES,
     CT_JSON,
     CT_TEXT,
-    FileResponse,
-    HTMLResponse,
     RedirectResponse,
     Response,
+    StaticFiles,
     dump_json,
     to_response,
 )
 from server.routing import Endpoint, Handler, Router
+from server.static import contained, split_path
 
 log = logging.getLogger("server.app")
 
@@ -160,32 +159,35 @@ class App:
         return decorator
 
     def static(
-        self, prefix: str, directory: str | os.PathLike[str], *, autoindex: bool = False
-    ) -> None:
-        """Serve files under ``directory`` at ``prefix`` (GET/HEAD)."""
-        root = os.path.realpath(os.fspath(directory))
-        if not os.path.isdir(root):
-            raise ValueError(f"static directory does not exist: {directory}")
+        self,
+        prefix: str,
+        directory: str | os.PathLike[str],
+        *,
+        autoindex: bool = False,
+        cache_control: str | None = None,
+        dotfiles: bool = False,
+        precompressed: bool = True,
+        memory_max: int = 0,
+    ) -> StaticFiles:
+        """Serve files under ``directory`` at ``prefix`` (GET/HEAD) with
+        :class:`~server.response.StaticFiles`; its open-file cache closes on shutdown."""
+        files = StaticFiles(
+            directory,
+            autoindex=autoindex,
+            cache_control=cache_control,
+            dotfiles=dotfiles,
+            precompressed=precompressed,
+            memory_max=memory_max,
+        )
         prefix = "/" + prefix.strip("/")
         base = "" if prefix == "/" else prefix
 
         async def static_files(request: Request) -> Response:
-            rel: str = request.path_params["path"]
-            target = safe_join(root, rel)
-            if target is None:
-                raise HTTPException(404)
-            if os.path.isdir(target):
-                if rel and not rel.endswith("/"):
-                    return RedirectResponse(request.path + "/", 308)
-                index = os.path.join(target, "index.html")
-                if os.path.isfile(index):
-                    return FileResponse(index)
-                if autoindex:
-                    return HTMLResponse(_listing(request.path, target))
-                raise HTTPException(404)
-            return FileResponse(target)
+            return files.response(request.path_params["path"])
 
         self.router.add(base + "/{path:path}", ("GET",), static_files, name=f"static:{prefix}")
+        self.on_shutdown(files.close)
+        return files
 
     # --- lifecycle ---
     async def startup(self) -> None:
@@ -367,32 +369,15 @@ def _wrap(mw: Middleware, nxt: CallNext) -> CallNext:
 
 
 def safe_join(root: str, rel: str) -> str | None:
-    """``root``/``rel`` resolved, or None when ``rel`` would leave ``root``.
+    """``root``/``rel`` resolved, or None when ``rel`` would leave ``root`` (kept for callers
+    of the old API; static mounts use :func:`server.filecache.open_beneath`).
 
     ``rel`` is the already percent-decoded remainder of the URL path. Refused: NUL, backslash,
-    an absolute path (leading ``/``), any ``..`` segment, and anything whose real path (after
-    following symlinks) is outside the real ``root``.
+    an absolute path, any ``..`` segment, and anything whose real path (after following
+    symlinks) is outside the real ``root``.
     """
-    if "\x00" in rel or "\\" in rel or rel.startswith("/"):
-        return None
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
+    parts = split_path(rel, allow_dotfiles=True)
+    if parts is None:
         return None
     real = os.path.realpath(os.path.join(root, *parts))
-    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
-        return None
-    return real
-
-
-def _listing(url_path: str, directory: str) -> str:
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        names = []
-    items = []
-    for name in names:
-        suffix = "/" if os.path.isdir(os.path.join(directory, name)) else ""
-        href = html.escape(quote(name) + suffix, quote=True)
-        items.append(f'<li><a href="{href}">{html.escape(name + suffix)}</a></li>')
-    title = html.escape(url_path)
-    return f"<!doctype html><title>Index of {title}</title><h1>Index of {title}</h1><ul>{''.join(items)}</ul>"
+    return real if contained(real, os.path.realpath(root)) else None

@@ -6,7 +6,8 @@ timeouts) gets a generated ``--field-name`` option typed from its dataclass anno
 limit in ``Config`` appears on the command line without touching this file.
 :func:`load_target` imports the application (the current directory is put on ``sys.path``);
 with no target the built-in demo app is served and ``server/demo/static`` mounted at
-``/static``; a directory target is served as static files at ``/``.
+``/static``, unless ``--static`` mounts are given: then they alone are served (a plain file
+server, 404 elsewhere); a directory target is served as static files at ``/``.
 
 :func:`make_handler` is shared by the CLI, :meth:`server.app.App.run` and the test clients: it
 picks the interface (``auto``: native for an :class:`~server.app.App`, ASGI for any other
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve DIR at PREFIX (repeatable)",
     )
     p.add_argument("--autoindex", action="store_true", help="list directories without index.html")
+    p.add_argument("--cache-control", help="Cache-Control value of static responses")
     p.add_argument("--access-log", action="store_true", help="log one line per request")
     p.add_argument(
         "--log-level",
@@ -202,6 +204,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, Config]:
     if (ns.ssl_certfile is None) != (ns.ssl_keyfile is None):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
     extra = {"lifespan": ns.lifespan, "root_path": ns.root_path}
+    if ns.cache_control:
+        extra["cache_control"] = ns.cache_control
     return ns.target, Config(**values, extra=extra)
 
 
@@ -251,7 +255,9 @@ def make_handler(target: Any, config: Config) -> tuple[Any, list[Hook], list[Hoo
     startup: list[Hook] = []
     shutdown: list[Hook] = []
     handler: Any
-    if interface == "asgi":
+    if target is None:  # a plain file server: the static mounts and nothing else
+        handler = None
+    elif interface == "asgi":
         handler = ASGIHandler(target, config)
     elif interface == "native":
         handler = target
@@ -260,8 +266,10 @@ def make_handler(target: Any, config: Config) -> tuple[Any, list[Hook], list[Hoo
     if hasattr(handler, "startup") and hasattr(handler, "shutdown"):
         startup.append(handler.startup)
         shutdown.append(handler.shutdown)
-    if config.static:
-        handler = StaticMounts(handler, config)
+    if config.static or handler is None:
+        mounts = StaticMounts(handler, config)
+        shutdown.append(mounts.shutdown)
+        handler = mounts
     if config.access_log:
         from server.accesslog import AccessLogHandler
 
@@ -270,27 +278,46 @@ def make_handler(target: Any, config: Config) -> tuple[Any, list[Hook], list[Hoo
 
 
 class StaticMounts:
-    """Serve ``Config.static`` mounts in front of an app handler (longest prefix first)."""
+    """Serve ``Config.static`` mounts in front of an app handler (longest prefix first).
+
+    Each mount is a :class:`~server.response.StaticFiles` called directly (no routing), with
+    its own open-file cache; :meth:`shutdown` closes them. ``inner=None`` is a plain file
+    server: paths outside every mount are 404. ``Config.extra["cache_control"]`` sets
+    ``Cache-Control`` on every static response.
+    """
 
     def __init__(self, inner: Any, config: Config) -> None:
-        from server.app import App
+        from server.response import StaticFiles
 
         self.inner = inner
-        self.files = App()  # holds one static route per mount
-        self.prefixes: list[str] = []  # mount prefixes without trailing slash, longest first
+        cache_control = config.extra.get("cache_control")
+        self.mounts: list[tuple[str, StaticFiles]] = []  # (prefix without trailing /, files)
         for prefix, directory in config.static:
             clean = "/" + prefix.strip("/")
-            self.files.static(clean, directory, autoindex=config.autoindex)
-            self.prefixes.append("" if clean == "/" else clean)
-        self.prefixes.sort(key=len, reverse=True)
+            files = StaticFiles(
+                directory,
+                prefix=clean,
+                autoindex=config.autoindex,
+                cache_control=str(cache_control) if cache_control else None,
+            )
+            self.mounts.append(("" if clean == "/" else clean, files))
+        self.mounts.sort(key=lambda m: len(m[0]), reverse=True)
+        self.prefixes = [p for p, _ in self.mounts]
 
     async def __call__(self, exchange: Any) -> None:
         path = exchange.head.path
-        for prefix in self.prefixes:
-            if path == prefix or path.startswith(prefix + "/"):
-                await self.files(exchange)
+        for prefix, files in self.mounts:
+            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+                await files.serve(exchange, path[len(prefix) + 1 :])
                 return
+        if self.inner is None:
+            exchange.respond(404, [(b"content-type", b"text/plain; charset=utf-8")], b"Not Found")
+            return
         await self.inner(exchange)
+
+    async def shutdown(self) -> None:
+        for _, files in self.mounts:
+            files.close()
 
     def __repr__(self) -> str:
         return f"<StaticMounts {self.prefixes} -> {self.inner!r}>"
@@ -332,8 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
         )
-        app = load_target(target)
-        if target is None:
+        if target is None and config.static:
+            app = None  # no app, only --static mounts: a plain file server
+        else:
+            app = load_target(target)
+        if target is None and app is not None:
             from server.demo import STATIC_DIR
 
             if not any(p == "/static" for p, _ in config.static):
@@ -348,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(str(exc))
         logging.getLogger("server.cli").info(
             "serving %s on %s (loop=%s, workers=%d, interface=%s)",
-            target or "the demo app",
+            target or ("static files" if app is None else "the demo app"),
             _where(config),
             config.loop,
             config.workers,

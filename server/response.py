@@ -17,7 +17,6 @@ responses skip producing the body themselves and send only the head.
 from __future__ import annotations
 
 import json
-import mimetypes
 import os
 import stat
 from collections.abc import AsyncIterable, Iterable
@@ -26,7 +25,10 @@ from http.cookies import SimpleCookie
 from typing import Any, ClassVar
 from urllib.parse import quote
 
+from server import static
 from server.exchange import Exchange
+from server.exchange import Headers as RawHeaders
+from server.filecache import FileCache, FileView
 from server.request import HeaderInit, Headers
 
 CT_TEXT = (b"content-type", b"text/plain; charset=utf-8")
@@ -191,17 +193,55 @@ class StreamingResponse(Response):
 
 
 def guess_type(path: str) -> str:
-    ctype, encoding = mimetypes.guess_type(path, strict=False)
-    if ctype is None or encoding is not None:
-        return "application/octet-stream"
-    if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
-        return f"{ctype}; charset=utf-8"
-    return ctype
+    """Content-Type for ``path`` by extension (``charset=utf-8`` for text types)."""
+    return static.content_type(path).decode("latin-1")
+
+
+async def send_plan(
+    exchange: Exchange, plan: static.Plan, file: Any, data: bytes | None = None
+) -> None:
+    """Write a static :class:`~server.static.Plan`: the file's bytes come from ``data`` (a
+    memory-cached small file: one ``respond``, one write) or from ``file`` through
+    ``exchange.sendfile`` (zero-copy where the loop can). A file that turns out shorter than
+    announced makes the connection layer close the connection."""
+    if not plan.body:
+        if plan.status in (304, 412, 416):
+            exchange.respond(plan.status, plan.headers, b"")
+        else:  # HEAD: the head with the Content-Length a GET would have
+            exchange.start(plan.status, plan.headers, plan.length)
+            await exchange.end()
+        return
+    if data is not None:
+        if len(plan.parts) == 1 and not plan.trailer:
+            _, offset, count = plan.parts[0]
+            body = data if count == len(data) else data[offset : offset + count]
+        else:
+            pieces = []
+            for prefix, offset, count in plan.parts:
+                pieces.append(prefix)
+                pieces.append(data[offset : offset + count])
+            pieces.append(plan.trailer)
+            body = b"".join(pieces)
+        exchange.respond(plan.status, plan.headers, body)
+        return
+    exchange.start(plan.status, plan.headers, plan.length)
+    for prefix, offset, count in plan.parts:
+        if prefix:
+            await exchange.write(prefix)
+        await exchange.sendfile(file, offset, count)
+    if plan.trailer:
+        await exchange.write(plan.trailer)
+    await exchange.end()
+
+
+_NOT_FOUND = [CT_TEXT]
 
 
 class FileResponse(Response):
     """A file sent with ``exchange.sendfile``; Content-Type from the extension. A missing or
-    unreadable file answers 404."""
+    unreadable file answers 404. With ``status`` 200 it honours conditional requests (ETag,
+    Last-Modified: 304/412) and ``Range`` (206, multipart/byteranges, 416) the way static
+    mounts do (:mod:`server.static`)."""
 
     streaming = True
     __slots__ = ("filename", "path")
@@ -224,27 +264,215 @@ class FileResponse(Response):
 
     async def send(self, exchange: Exchange) -> None:
         try:
-            f = open(self.path, "rb")
-        except OSError:
-            exchange.respond(404, [CT_TEXT], b"Not Found")
+            fd = os.open(self.path, _OPEN_FLAGS)
+        except (OSError, ValueError):
+            exchange.respond(404, _NOT_FOUND, b"Not Found")
             return
         try:
-            st = os.fstat(f.fileno())
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                exchange.respond(404, [CT_TEXT], b"Not Found")
+                exchange.respond(404, _NOT_FOUND, b"Not Found")
                 return
-            headers = list(self.headers.raw)
-            headers.append((b"last-modified", formatdate(st.st_mtime, usegmt=True).encode()))
-            size = st.st_size
-            exchange.start(self.status, headers, size)
-            if size and exchange.head.method != "HEAD":
-                await exchange.sendfile(f, 0, size)
-            await exchange.end()
+            ctype = b"application/octet-stream"
+            extra = []
+            for name, value in self.headers.raw:
+                if name == b"content-type":
+                    ctype = value
+                elif name not in (b"etag", b"last-modified", b"content-length"):
+                    extra.append((name, value))
+            info = static.FileInfo(
+                size=st.st_size,
+                mtime=st.st_mtime,
+                etag=static.make_etag(st),
+                last_modified=static.http_date(st.st_mtime),
+                content_type=ctype,
+            )
+            head = exchange.head
+            plan = static.plan_response(
+                head.method,
+                static.request_fields(head.headers),
+                info,
+                extra=extra,
+                status=self.status,
+            )
+            await send_plan(exchange, plan, FileView(fd))
         finally:
-            f.close()
+            os.close(fd)
 
     def __repr__(self) -> str:
         return f"<FileResponse {self.status} {self.path!r}>"
+
+
+_COMPRESSIBLE = (b"text/", b"application/javascript", b"application/json", b"application/xml")
+_CT_HTML = [CT_HTML]
+_ALLOW = [CT_TEXT, (b"allow", b"GET, HEAD")]
+
+
+class StaticFiles:
+    """Serve the files under ``directory`` (see :mod:`server.static` for the HTTP rules and
+    :mod:`server.filecache` for the open-file cache and path safety).
+
+    Use it as an app handler (``await files(exchange)`` serves ``head.path`` below ``prefix``),
+    from a route (``return files.response(rel)``) or call :meth:`serve` directly. Every bad
+    path is a 404, never a 500; :meth:`close` releases the cached fds (a shutdown hook).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        prefix: str = "/",
+        autoindex: bool = False,
+        cache_control: str | None = None,
+        dotfiles: bool = False,
+        precompressed: bool = True,
+        memory_max: int = 0,
+        max_entries: int = 1000,
+        cache: FileCache | None = None,
+    ) -> None:
+        root = os.path.realpath(os.fspath(directory))
+        if not os.path.isdir(root):
+            raise ValueError(f"static directory does not exist: {directory}")
+        self.root = root  # real path: containment is checked against it
+        self.prefix = "/" + prefix.strip("/")  # URL prefix for __call__ ("/" for the root)
+        self.autoindex = autoindex
+        self.cache_control = cache_control.encode("latin-1") if cache_control else None
+        self.dotfiles = dotfiles
+        self.precompressed = precompressed
+        self.cache = cache or FileCache(max_entries, memory_max=memory_max, allow_dotfiles=dotfiles)
+
+    def __repr__(self) -> str:
+        return f"<StaticFiles {self.prefix!r} -> {self.root!r} {self.cache!r}>"
+
+    def close(self) -> None:
+        self.cache.close()
+
+    async def __call__(self, exchange: Exchange) -> None:
+        path = exchange.head.path
+        base = "" if self.prefix == "/" else self.prefix
+        if path != base and not path.startswith(base + "/"):
+            exchange.respond(404, _NOT_FOUND, b"Not Found")
+            return
+        await self.serve(exchange, path[len(base) + 1 :])
+
+    def response(self, rel: str) -> Response:
+        """A response object serving ``rel`` (for handlers and middleware)."""
+        return _StaticResponse(self, rel)
+
+    async def serve(self, exchange: Exchange, rel: str, extra: RawHeaders | None = None) -> None:
+        """Answer ``exchange`` with the file at ``rel`` (the decoded URL path below the mount)."""
+        head = exchange.head
+        if head.method != "GET" and head.method != "HEAD":
+            exchange.respond(405, _ALLOW, b"Method Not Allowed")
+            return
+        segs = static.split_path(rel, allow_dotfiles=self.dotfiles)
+        if segs is None:
+            exchange.respond(404, _NOT_FOUND, b"Not Found")
+            return
+        key = "/".join(segs)
+        cache = self.cache
+        entry = cache.acquire(self.root, key)
+        held = [entry]
+        try:
+            if entry.is_dir:
+                if not head.path.endswith("/"):
+                    self._redirect_slash(exchange)
+                    return
+                entry = cache.acquire(self.root, key + "/index.html" if key else "index.html")
+                held.append(entry)
+                if entry.missing or entry.is_dir:
+                    if self.autoindex:
+                        self._listing(exchange, held[0].path)
+                    else:
+                        exchange.respond(404, _NOT_FOUND, b"Not Found")
+                    return
+            info = entry.info
+            if info is None:
+                exchange.respond(404, _NOT_FOUND, b"Not Found")
+                return
+            fields = static.request_fields(head.headers)
+            vary = False
+            if self.precompressed and info.content_type.startswith(_COMPRESSIBLE):
+                chosen = None
+                wanted = static.accepted_encodings(fields.accept_encoding)
+                for coding, suffix in static.ENCODINGS:
+                    sib = cache.acquire(self.root, entry.key[1] + suffix.decode())
+                    held.append(sib)
+                    if sib.info is not None:
+                        vary = True
+                        if coding in wanted and (
+                            chosen is None or wanted.index(coding) < wanted.index(chosen[0])
+                        ):
+                            chosen = (coding, sib)
+                if chosen is not None:
+                    coding, entry = chosen
+                    sinfo = entry.info
+                    assert sinfo is not None
+                    info = static.FileInfo(
+                        sinfo.size,
+                        sinfo.mtime,
+                        sinfo.etag,
+                        sinfo.last_modified,
+                        info.content_type,
+                        coding,
+                    )
+            plan = static.plan_response(
+                head.method,
+                fields,
+                info,
+                cache_control=self.cache_control,
+                extra=extra,
+                vary=vary,
+            )
+            await send_plan(exchange, plan, entry.view(), entry.data)
+        finally:
+            for e in held:
+                cache.release(e)
+
+    def _redirect_slash(self, exchange: Exchange) -> None:
+        head = exchange.head
+        location = head.raw_path + b"/"
+        if head.query_string:
+            location += b"?" + head.query_string
+        exchange.respond(308, [CT_TEXT, (b"location", location)], b"")
+
+    def _listing(self, exchange: Exchange, directory: str) -> None:
+        names: list[tuple[str, bool]] = []
+        try:
+            with os.scandir(directory) as it:
+                for d in it:
+                    if d.name.startswith(".") and not self.dotfiles:
+                        continue
+                    try:
+                        names.append((d.name, d.is_dir()))
+                    except OSError:
+                        continue
+        except OSError:
+            exchange.respond(404, _NOT_FOUND, b"Not Found")
+            return
+        exchange.respond(200, _CT_HTML, static.directory_listing(exchange.head.path, names))
+
+
+class _StaticResponse(Response):
+    """What ``StaticFiles.response`` returns: sends itself through ``StaticFiles.serve``; the
+    headers a middleware adds are sent too."""
+
+    streaming = True
+    __slots__ = ("files", "rel")
+
+    def __init__(self, files: StaticFiles, rel: str) -> None:
+        super().__init__(b"", 200)
+        self.files = files
+        self.rel = rel
+
+    async def send(self, exchange: Exchange) -> None:
+        await self.files.serve(exchange, self.rel, self.headers.raw or None)
+
+    def __repr__(self) -> str:
+        return f"<StaticResponse {self.rel!r} from {self.files.root!r}>"
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def to_response(result: Any) -> Response:
