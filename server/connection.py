@@ -696,9 +696,12 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or gen != self._gen:
             raise ClientDisconnected("client disconnected")
         try:
-            await loop.sendfile(transport, file, offset, count, fallback=False)
+            sent = await loop.sendfile(transport, file, offset, count, fallback=False)
             if self._stopped and self._transport is not None:
                 self._transport.pause_reading()  # asyncio's sendfile resumes reading
+            if sent < count:  # the file shrank while being sent: the length was promised
+                self._abort("file shorter than announced")
+                raise ClientDisconnected("file ended early")
             return
         except _NO_SENDFILE:
             if gen != self._gen or self._transport is None:
