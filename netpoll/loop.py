@@ -151,11 +151,12 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         if event_list:
             self._dispatch(event_list)
 
-        end_time = self.time() + self._clock_resolution
-        while scheduled and scheduled[0]._when < end_time:
-            h = heapq.heappop(scheduled)
-            h._scheduled = False
-            ready.append(h)
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled and scheduled[0]._when < end_time:
+                h = heapq.heappop(scheduled)
+                h._scheduled = False
+                ready.append(h)
 
         if self._debug:
             self._run_ready_debug()

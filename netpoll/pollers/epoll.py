@@ -40,6 +40,9 @@ class EpollPoller:
     def __init__(self) -> None:
         self._ep = select.epoll()
         self._count = 0  # registered fds, for a repr
+        # epoll.poll already takes float seconds and None for "forever": expose it as is, so a
+        # loop turn pays no Python frame for polling
+        self.poll = self._ep.poll  # type: ignore[method-assign]
 
     def register(self, fd: int, events: int) -> None:
         self._ep.register(fd, _NATIVE[events])
@@ -55,8 +58,8 @@ class EpollPoller:
         except OSError:  # already closed: the kernel dropped it with the last reference
             pass
 
-    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        return self._ep.poll(-1 if timeout is None else timeout)
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:  # replaced per instance
+        return self._ep.poll(timeout)
 
     def fileno(self) -> int:
         return self._ep.fileno()
