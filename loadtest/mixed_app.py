@@ -66,6 +66,7 @@ def ensure_static_dir(directory: str | None = None) -> str:
         fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(file_bytes(name, size))
+        os.chmod(tmp, 0o644)  # readable by servers that drop privileges (nginx workers)
         os.replace(tmp, path)
     return os.path.abspath(root)
 

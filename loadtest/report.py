@@ -207,7 +207,7 @@ def plot_bench(results: Sequence[dict[str, Any]], out_png: Path) -> Path:
         rows = [r for r in results if r["workload"] == workload and r.get("rps")]
         rows.sort(key=lambda r: r["cpu_us"], reverse=True)
         names = [r["server"] for r in rows]
-        colors = ["tab:blue" if r["server"].startswith("netpoll") else "tab:gray" for r in rows]
+        colors = ["tab:blue" if "netpoll" in r["server"] else "tab:gray" for r in rows]
         ax_cpu, ax_rps = axes[i]
         ax_cpu.barh(names, [r["cpu_us"] for r in rows], color=colors)
         ax_cpu.set_title(f"{workload}: server CPU µs/request (lower is better)", fontsize=9)
