@@ -233,7 +233,7 @@ def read_totals(stats_csv: Path) -> tuple[int, int, float]:
 
 
 @contextlib.contextmanager
-def _children() -> Iterator[list[subprocess.Popen[Any]]]:
+def child_processes() -> Iterator[list[subprocess.Popen[Any]]]:
     procs: list[subprocess.Popen[Any]] = []
     try:
         yield procs
@@ -281,7 +281,7 @@ def run_scenario(
             target = server.url
         print(f"loadtest: {scenario} with {users} users for {duration:.0f}s against {target}")
         print(f"loadtest: results in {out_dir}/", flush=True)
-        with _children() as procs:
+        with child_processes() as procs:
             if processes > 0 or master:
                 n = processes if processes > 0 else expect_workers
                 port = 0 if processes > 0 else master_bind_port
@@ -334,7 +334,7 @@ def run_worker(scenario: str | None, master_host: str, master_port: int) -> int:
     """One locust worker for a master on another machine; returns locust's exit status."""
     cmd = locust_base(scenario, ["--worker", "--master-host", master_host])
     cmd += ["--master-port", str(master_port)]
-    with _children() as procs:
+    with child_processes() as procs:
         proc = subprocess.Popen(cmd, start_new_session=True)
         procs.append(proc)
         return proc.wait()
