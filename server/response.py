@@ -387,7 +387,7 @@ class StaticFiles:
                         exchange.respond(404, _NOT_FOUND, b"Not Found")
                     return
             info = entry.info
-            if info is None:
+            if info is None or (rel.endswith("/") and entry is held[0]):  # "file.txt/"
                 exchange.respond(404, _NOT_FOUND, b"Not Found")
                 return
             fields = static.request_fields(head.headers)

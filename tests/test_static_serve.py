@@ -1,0 +1,438 @@
+"""Static files over real sockets on every loop: bodies, caching, ranges, safety, faults.
+
+Each async test runs on netpoll (sendfile path), uvloop (read + write fallback) and stock
+asyncio. Clients: httpx, http.client (exact request targets, no normalisation) and curl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server import App, FileResponse, Request, Response
+from server.config import Config
+from server.testing import live_server
+
+pytestmark = pytest.mark.timeout(60)
+
+BIG = 3 * 1024 * 1024 + 17  # several sendfile slices, an odd size
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "small.txt": b"hello static\n",
+        "big.bin": os.urandom(BIG),
+        "empty.txt": b"",
+        "style.css": b"body{color:red}\n" * 10,
+        "sub/index.html": b"<p>sub index</p>\n",
+        "nodex/<b>&.txt": b"odd name\n",
+        "unicode/\u00e9t\u00e9.txt": b"summer\n",
+        ".env": b"SECRET=1\n",
+    }
+    for name, data in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / "style.css.gz").write_bytes(b"GZ" * 7)
+    (root / "style.css.br").write_bytes(b"BR" * 5)
+    return files
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path / "public"
+    root.mkdir()
+    files = make_tree(root)
+    (tmp_path / "secret.txt").write_bytes(b"top secret")
+    os.symlink(tmp_path / "secret.txt", root / "escape.txt")
+    os.symlink(tmp_path, root / "escape-dir")
+    os.symlink(root / "small.txt", root / "inner-link.txt")
+    return root, files
+
+
+def static_app(root: Path, **kw: Any) -> App:
+    app = App()
+    app.static("/s", root, **kw)
+    return app
+
+
+def fetch(
+    url: str, target: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request with http.client, the target sent exactly as given."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+async def afetch(url: str, target: str, **kw: Any) -> tuple[int, http.client.HTTPMessage, bytes]:
+    return await asyncio.to_thread(fetch, url, target, **kw)
+
+
+async def test_bodies_byte_for_byte(tree: tuple[Path, dict[str, bytes]]) -> None:
+    root, files = tree
+    async with live_server(static_app(root)) as url, httpx.AsyncClient(base_url=url) as c:
+        for name in ("small.txt", "big.bin", "empty.txt"):
+            r = await c.get("/s/" + name, headers={"accept-encoding": "identity"})
+            assert r.status_code == 200 and r.content == files[name], name
+            assert int(r.headers["content-length"]) == len(files[name])
+            assert r.headers["accept-ranges"] == "bytes"
+            assert r.headers["etag"].startswith('"') and "last-modified" in r.headers
+        r = await c.get("/s/small.txt")
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+        assert (await c.get("/s/big.bin")).headers["content-type"] == "application/octet-stream"
+        r = await c.get("/s/unicode/%C3%A9t%C3%A9.txt")
+        assert r.status_code == 200 and r.content == b"summer\n"
+        r = await c.get("/s/inner-link.txt")  # a symlink that stays inside the root
+        assert r.status_code == 200 and r.content == files["small.txt"]
+        r = await c.head("/s/big.bin")
+        assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] == str(BIG)
+        # several files on one keep-alive connection, then the big one again
+        for _ in range(3):
+            assert (await c.get("/s/small.txt")).content == files["small.txt"]
+        assert (await c.get("/s/big.bin")).content == files["big.bin"]
+
+
+@pytest.mark.asyncio(loop_factories=["netpoll", "asyncio"])
+async def test_forced_read_write_fallback(tree: tuple[Path, dict[str, bytes]]) -> None:
+    """loop.sendfile unavailable (as on TLS): the connection layer reads and writes instead."""
+    root, files = tree
+    loop = asyncio.get_running_loop()
+
+    async def no_sendfile(*args: Any, **kw: Any) -> int:
+        raise NotImplementedError
+
+    loop.sendfile = no_sendfile  # type: ignore[method-assign]
+    try:
+        async with live_server(static_app(root)) as url, httpx.AsyncClient(base_url=url) as c:
+            assert (await c.get("/s/big.bin")).content == files["big.bin"]
+            r = await c.get("/s/big.bin", headers={"range": "bytes=100-199,-50"})
+            assert r.status_code == 206 and files["big.bin"][100:200] in r.content
+    finally:
+        del loop.sendfile
+
+
+async def test_conditional_requests(tree: tuple[Path, dict[str, bytes]]) -> None:
+    root, _ = tree
+    app = static_app(root, cache_control="public, max-age=60")
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/s/small.txt")
+        etag, last = r.headers["etag"], r.headers["last-modified"]
+        assert r.headers["cache-control"] == "public, max-age=60"
+        r = await c.get("/s/small.txt", headers={"if-none-match": etag})
+        assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
+        assert r.headers["cache-control"] == "public, max-age=60"
+        assert "content-length" not in r.headers
+        r = await c.get("/s/small.txt", headers={"if-none-match": f'"nope", W/{etag}'})
+        assert r.status_code == 304
+        r = await c.get("/s/small.txt", headers={"if-none-match": "*"})
+        assert r.status_code == 304
+        r = await c.get("/s/small.txt", headers={"if-modified-since": last})
+        assert r.status_code == 304
+        r = await c.get(
+            "/s/small.txt", headers={"if-modified-since": last, "if-none-match": '"other"'}
+        )
+        assert r.status_code == 200  # If-None-Match wins
+        r = await c.get(
+            "/s/small.txt", headers={"if-modified-since": "Thu, 01 Jan 1970 00:00:01 GMT"}
+        )
+        assert r.status_code == 200
+        r = await c.head("/s/small.txt", headers={"if-none-match": etag})
+        assert r.status_code == 304
+        r = await c.get("/s/small.txt", headers={"if-match": '"other"'})
+        assert r.status_code == 412
+
+
+async def test_ranges(tree: tuple[Path, dict[str, bytes]]) -> None:
+    root, files = tree
+    big = files["big.bin"]
+    async with live_server(static_app(root)) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/s/big.bin", headers={"range": "bytes=1000-1999"})
+        assert r.status_code == 206 and r.content == big[1000:2000]
+        assert r.headers["content-range"] == f"bytes 1000-1999/{BIG}"
+        r = await c.get("/s/big.bin", headers={"range": "bytes=-500"})
+        assert r.status_code == 206 and r.content == big[-500:]
+        r = await c.get("/s/big.bin", headers={"range": f"bytes={BIG - 10}-"})
+        assert r.status_code == 206 and r.content == big[-10:]
+        r = await c.get("/s/big.bin", headers={"range": f"bytes={BIG}-"})
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{BIG}"
+        r = await c.get("/s/big.bin", headers={"range": "bytes=0-99,50-149"})  # merged: one
+        assert r.status_code == 206 and r.content == big[:150]
+        etag = r.headers["etag"]
+        r = await c.get("/s/big.bin", headers={"range": "bytes=0-9", "if-range": etag})
+        assert r.status_code == 206 and r.content == big[:10]
+        r = await c.get("/s/big.bin", headers={"range": "bytes=0-9", "if-range": '"stale"'})
+        assert r.status_code == 200 and len(r.content) == BIG
+        killer = "bytes=0-," + ",".join(f"5-{i}" for i in range(6, 1200))
+        r = await c.get("/s/big.bin", headers={"range": killer})
+        assert r.status_code == 200 and len(r.content) == BIG  # never amplified
+        r = await c.head("/s/big.bin", headers={"range": "bytes=0-9"})
+        assert r.status_code == 206 and r.headers["content-length"] == "10"
+        r = await c.get("/s/big.bin", headers={"range": "bytes=0-9,2000000-2000009"})
+        assert r.status_code == 206
+        ctype = r.headers["content-type"]
+        assert ctype.startswith("multipart/byteranges; boundary=")
+        boundary = ctype.split("=", 1)[1].encode()
+        parts = r.content.split(b"--" + boundary)
+        assert len(parts) == 4 and parts[3] == b"--\r\n"
+        assert parts[1].endswith(b"\r\n\r\n" + big[:10] + b"\r\n")
+        assert parts[2].endswith(b"\r\n\r\n" + big[2000000:2000010] + b"\r\n")
+        assert f"content-range: bytes 2000000-2000009/{BIG}".encode() in parts[2]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+async def test_curl_ranges_and_multipart(
+    tree: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    root, files = tree
+    big = files["big.bin"]
+    out = tmp_path / "out"
+
+    def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["curl", "-s", "-S", *args], capture_output=True, timeout=30)
+
+    async with live_server(static_app(root)) as url:
+        p = await asyncio.to_thread(curl, "-r", "100-299", "-o", str(out), url + "/s/big.bin")
+        assert p.returncode == 0 and out.read_bytes() == big[100:300]
+        p = await asyncio.to_thread(curl, "-D", "-", "-r", "0-4,10-14", url + "/s/big.bin")
+        assert p.returncode == 0 and b"206 Partial Content" in p.stdout
+        assert b"multipart/byteranges" in p.stdout
+        assert big[0:5] in p.stdout and big[10:15] in p.stdout
+        # resume a download (curl -C) and compare the whole file
+        out.write_bytes(big[: BIG // 2])
+        p = await asyncio.to_thread(curl, "-C", "-", "-o", str(out), url + "/s/big.bin")
+        assert p.returncode == 0 and out.read_bytes() == big
+        p = await asyncio.to_thread(
+            curl, "-w", "%{http_code}", "-o", "/dev/null", "-r", f"{BIG}-", url + "/s/big.bin"
+        )
+        assert p.stdout == b"416"
+
+
+async def test_precompressed_siblings(tree: tuple[Path, dict[str, bytes]]) -> None:
+    root, files = tree
+    async with live_server(static_app(root)) as url:
+        status, h, body = await afetch(url, "/s/style.css", headers={"accept-encoding": "gzip, br"})
+        assert status == 200 and body == b"BR" * 5 and h["content-encoding"] == "br"
+        assert h["content-type"] == "text/css; charset=utf-8" and h["vary"] == "Accept-Encoding"
+        br_etag = h["etag"]
+        status, h, body = await afetch(url, "/s/style.css", headers={"accept-encoding": "gzip"})
+        assert body == b"GZ" * 7 and h["content-encoding"] == "gzip" and h["etag"] != br_etag
+        status, h, body = await afetch(
+            url, "/s/style.css", headers={"accept-encoding": "br;q=0.1, gzip;q=0.9"}
+        )
+        assert h["content-encoding"] == "gzip"
+        status, h, body = await afetch(url, "/s/style.css", headers={"accept-encoding": "br;q=0"})
+        assert body == files["style.css"] and h["content-encoding"] is None
+        assert h["vary"] == "Accept-Encoding"
+        status, h, body = await afetch(url, "/s/style.css")
+        assert body == files["style.css"] and h["content-encoding"] is None
+        status, h, body = await afetch(
+            url, "/s/style.css", headers={"accept-encoding": "identity;q=0, gzip"}
+        )
+        assert h["content-encoding"] == "gzip"
+        status, h, body = await afetch(url, "/s/small.txt", headers={"accept-encoding": "gzip"})
+        assert body == files["small.txt"] and h["vary"] is None  # no sibling: no Vary
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/s/../secret.txt",
+        "/s/%2e%2e/secret.txt",
+        "/s/%2E%2E/%2e%2e/secret.txt",
+        "/s/sub/..%2f..%2fsecret.txt",
+        "/s/%252e%252e/secret.txt",  # double-encoded: one decode leaves %2e%2e, a literal name
+        "/s/..%5csecret.txt",
+        "/s/%5c..%5csecret.txt",
+        "/s//etc/passwd",
+        "/s/%2fetc%2fpasswd",
+        "/s/small.txt%00.png",
+        "/s/escape.txt",
+        "/s/escape-dir/secret.txt",
+        "/s/.env",
+        "/s/%2eenv",
+        "/s/sub/../.env",
+        "/s/missing.txt",
+        "/s/small.txt/",
+        "/s/%ff%fe.txt",
+        "/s/" + "a/" * 2000,
+    ],
+)
+@pytest.mark.asyncio(loop_factories=["netpoll"])
+async def test_traversal_refused(tree: tuple[Path, dict[str, bytes]], target: str) -> None:
+    root, _ = tree
+    async with live_server(static_app(root)) as url:
+        status, _, body = await afetch(url, target)
+    assert status in (400, 404, 414), (target, status)
+    assert b"secret" not in body.lower() and b"SECRET" not in body
+
+
+async def test_directories(tree: tuple[Path, dict[str, bytes]]) -> None:
+    root, _ = tree
+    async with live_server(static_app(root)) as url:
+        status, h, _ = await afetch(url, "/s/sub?x=1")
+        assert status == 308 and h["location"] == "/s/sub/?x=1"
+        status, _, body = await afetch(url, "/s/sub/")
+        assert status == 200 and body == b"<p>sub index</p>\n"
+        status, _, _ = await afetch(url, "/s/nodex/")
+        assert status == 404  # listings are off by default
+        status, h, _ = await afetch(url, "/s/small.txt", method="POST")
+        assert status == 405
+    async with live_server(static_app(root, autoindex=True)) as url:
+        status, _, body = await afetch(url, "/s/nodex/")
+        assert status == 200 and b"&lt;b&gt;&amp;.txt" in body and b"<b>&" not in body
+        assert b'href="%3Cb%3E%26.txt"' in body
+        status, _, body = await afetch(url, "/s/")
+        assert b".env" not in body and b"small.txt" in body
+
+
+async def test_cli_mounts_and_plain_file_server(tree: tuple[Path, dict[str, bytes]]) -> None:
+    root, files = tree
+    cfg = Config(port=0, static=(("/", str(root)),), extra={"cache_control": "no-cache"})
+    async with live_server(None, cfg) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/small.txt")
+        assert r.content == files["small.txt"] and r.headers["cache-control"] == "no-cache"
+        assert (await c.get("/sub")).status_code == 308
+        assert (await c.get("/sub/")).content == b"<p>sub index</p>\n"
+        assert (await c.get("/nope")).status_code == 404
+
+
+async def test_cache_revalidation_and_fds(
+    tree: tuple[Path, dict[str, bytes]], fd_count: Callable[[], int]
+) -> None:
+    root, _ = tree
+    app = static_app(root)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        assert (await c.get("/s/small.txt")).status_code == 200  # warm-up (lazy loop fds)
+    before = fd_count()
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        r1 = await c.get("/s/small.txt")
+        for _ in range(20):
+            assert (await c.get("/s/small.txt")).headers["etag"] == r1.headers["etag"]
+        (root / "small.txt").write_bytes(b"new content, longer than before\n")
+        r2 = await c.get("/s/small.txt")
+        assert r2.content == b"new content, longer than before\n"
+        assert r2.headers["etag"] != r1.headers["etag"]
+        r3 = await c.get("/s/small.txt", headers={"if-none-match": r1.headers["etag"]})
+        assert r3.status_code == 200  # the old validator no longer matches
+        os.replace(root / "style.css", root / "small.txt")  # a new inode at the same path
+        r4 = await c.get("/s/small.txt", headers={"accept-encoding": "identity"})
+        assert r4.content.startswith(b"body{color:red}")
+        for i in range(30):
+            await c.get(f"/s/miss{i}.txt")
+    assert fd_count() <= before  # cached fds closed at shutdown
+
+
+async def test_file_response_conditional_and_range(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    app = App()
+
+    @app.get("/f")
+    async def f(request: Request) -> Response:
+        return FileResponse(tmp_path / "f.bin", filename="f.bin")
+
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/f")
+        assert r.content == data and "attachment" in r.headers["content-disposition"]
+        r2 = await c.get("/f", headers={"if-none-match": r.headers["etag"]})
+        assert r2.status_code == 304
+        r3 = await c.get("/f", headers={"range": "bytes=10-19"})
+        assert r3.status_code == 206 and r3.content == data[10:20]
+
+
+async def test_truncated_while_sending_closes_connection(tmp_path: Path) -> None:
+    """The length was promised: a file that shrinks mid-send ends the connection early."""
+    size = 32 * 1024 * 1024
+    path = tmp_path / "shrinks.bin"
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    # long keep-alive: only the abort, not an idle timeout, may end the connection in time
+    async with live_server(static_app(tmp_path), keepalive_timeout=120.0) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+
+        def client() -> tuple[int, int, bool]:
+            s = socket.create_connection((host, int(port)), timeout=20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.sendall(b"GET /s/shrinks.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += s.recv(65536)
+            head, _, body = got.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            received = len(body)
+            os.truncate(path, 1024 * 1024)  # shrink while the server is still sending
+            closed = False
+            while True:
+                try:
+                    chunk = s.recv(1 << 20)
+                except ConnectionResetError:
+                    closed = True
+                    break
+                if not chunk:
+                    closed = True
+                    break
+                received += len(chunk)
+            s.close()
+            return length, received, closed
+
+        length, received, closed = await asyncio.to_thread(client)
+    assert length == size
+    assert closed and received < size
+
+
+async def test_slow_reader_does_not_delay_others(tmp_path: Path) -> None:
+    """A client not reading a 64 MiB download; small requests on other connections complete."""
+    with open(tmp_path / "huge.bin", "wb") as fh:
+        fh.truncate(64 * 1024 * 1024)
+    (tmp_path / "tiny.txt").write_bytes(b"tiny")
+    async with live_server(static_app(tmp_path)) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        slow = socket.create_connection((host, int(port)))
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        slow.sendall(b"GET /s/huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await asyncio.to_thread(slow.recv, 1024)
+        assert first.startswith(b"HTTP/1.1 200")
+        try:
+            async with httpx.AsyncClient(base_url=url) as c:
+
+                async def small() -> bytes:
+                    return (await c.get("/s/tiny.txt")).content
+
+                results = await asyncio.wait_for(asyncio.gather(*(small() for _ in range(50))), 20)
+            assert results == [b"tiny"] * 50
+        finally:
+            slow.close()
+
+
+@pytest.mark.asyncio(loop_factories=["netpoll"])
+async def test_concurrent_large_and_small_downloads(tree: tuple[Path, dict[str, bytes]]) -> None:
+    root, files = tree
+    async with live_server(static_app(root)) as url:
+        limits = httpx.Limits(max_connections=12)
+        async with httpx.AsyncClient(base_url=url, limits=limits) as c:
+
+            async def get(name: str) -> bytes:
+                return (await c.get("/s/" + name, headers={"accept-encoding": "identity"})).content
+
+            names = ["big.bin", "small.txt", "style.css"] * 6
+            bodies = await asyncio.wait_for(asyncio.gather(*(get(n) for n in names)), 30)
+            assert all(b == files[n] for b, n in zip(bodies, names, strict=True))
