@@ -231,7 +231,9 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
                 h._run()
                 dt = self.time() - t0
                 if dt >= self.slow_callback_duration:
-                    logger.warning(
+                    # asyncio's own logger, looked up now: whoever configured (or patched) it
+                    # sees these warnings exactly as with asyncio's loop
+                    base_events.logger.warning(
                         "Executing %s took %.3f seconds", base_events._format_handle(h), dt
                     )
             finally:
