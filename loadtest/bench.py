@@ -28,6 +28,10 @@ Workloads: ``plaintext`` and ``json`` (wrk -c64), ``pipelined`` (plaintext, 16 p
 ``loop:uvloop``, ``loop:asyncio``, and the pure-Python ``loop:raw-epoll`` floor) runs the
 same minimal protocol server, ``loadtest.proto_server``, on each loop.
 
+With ``--loopbench`` (the default for a full run) the bench also runs helper-4's
+``python -m loadtest.loopbench`` with the same rounds and duration and appends its table, which
+adds the loop's own counters (reads/writes per request, iovecs per ``sendmsg``, events per poll).
+
 Output in ``results/bench-<timestamp>/``: ``bench.md`` (one table per workload: rps, server
 CPU µs/request, both as ratios to uvicorn), ``bench.json`` (machine, settings, every round)
 and ``bench.png`` (bar charts).
@@ -421,6 +425,7 @@ def run_bench(
     duration: int = 3,
     results: Path = Path("results"),
     pin: bool | None = None,
+    loopbench: bool = False,
     progress: Callable[[str], None] = print,
 ) -> Path:
     """Run the comparison; returns the output directory (bench.md, bench.json, bench.png)."""
@@ -489,11 +494,27 @@ def run_bench(
         "Connections: 64 (16 for static files); pipelined = 16 requests per write.",
         "",
     ]
-    (out_dir / "bench.md").write_text(
-        "\n".join(head) + report.bench_markdown(summary, REFERENCE, notes)
-    )
+    text = "\n".join(head) + report.bench_markdown(summary, REFERENCE, notes)
+    if loopbench:
+        progress("bench: running python -m loadtest.loopbench")
+        text += "\n" + run_loopbench(out_dir, rounds, duration)
+    (out_dir / "bench.md").write_text(text)
     report.plot_bench([r for r in summary if r.get("rps")], out_dir / "bench.png")
     return out_dir
+
+
+def run_loopbench(out_dir: Path, rounds: int, duration: int) -> str:
+    """Run ``loadtest.loopbench`` (its own method, same settings); its markdown, or why not."""
+    if importlib.util.find_spec("loadtest.loopbench") is None:
+        return "Loop benchmark: loadtest.loopbench is not available.\n"
+    out = out_dir / "loopbench.md"
+    cmd = [sys.executable, "-m", "loadtest.loopbench", "--rounds", str(rounds)]
+    cmd += ["--duration", str(duration), "--out", str(out)]
+    with open(out_dir / "loopbench.log", "wb") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=log, timeout=1800)
+    if proc.returncode != 0 or not out.exists():
+        return f"Loop benchmark: loadtest.loopbench failed (status {proc.returncode}).\n"
+    return "## Loop benchmark (python -m loadtest.loopbench)\n\n" + out.read_text()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -505,6 +526,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", help=f"comma-separated among: {', '.join(ALL)}")
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--no-pin", action="store_true", help="do not taskset server/wrk")
+    p.add_argument(
+        "--loopbench",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run loadtest.loopbench and append its table (default: on unless --quick)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -518,6 +545,7 @@ def main(args: argparse.Namespace) -> int:
             duration=duration,
             results=args.results,
             pin=False if args.no_pin else None,
+            loopbench=not args.quick if args.loopbench is None else args.loopbench,
         )
     except (FileNotFoundError, ValueError) as exc:
         print(f"loadtest bench: error: {exc}", file=sys.stderr)
