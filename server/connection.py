@@ -17,9 +17,12 @@ of ``[head, body]``; streamed writes await ``resume_writing`` while the transpor
 high-water mark (a slow reader pauses the handler). ``sendfile`` goes through
 ``loop.sendfile`` and falls back to read + write where the loop or transport cannot.
 
-Handlers run in a Task per request, started eagerly on Python 3.12+ (a handler that never
-suspends completes inside ``data_received``, no loop round trip); ``asyncio.current_task()``
-is always the handler's own task.
+Handlers run without a Task per request: each connection has one *worker* task. A new request's
+handler takes its first step right inside ``data_received`` with the worker registered as the
+current task (so ``asyncio.current_task()`` is a real, cancellable task); a handler that
+completes without suspending costs no loop round trip and no Task. One that suspends is handed
+to the worker, which resumes it through :class:`_Continue` (exactly what ``await`` would have
+done, cancellation included) and then runs queued pipelined requests itself.
 
 Timeouts use one lazy timer per connection: activity only stores a timestamp; the timer wakes at
 the earliest possible deadline, re-checks the state and re-arms. Header deadline (whole head)
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -71,7 +73,9 @@ _BODY_HIGH = 256 * 1024  # buffered, unread request body that pauses reading
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FILE_CHUNK = 256 * 1024
 _LINGER = 2.0  # seconds a lingering close waits for the client's FIN
-_EAGER = sys.version_info >= (3, 12)
+_current_task = asyncio.current_task
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
 _NO_SENDFILE: tuple[type[BaseException], ...] = (
     NotImplementedError,
     asyncio.SendfileNotAvailableError,
@@ -297,6 +301,42 @@ class HttpExchange:
             await self._conn._drain(self._gen)
 
 
+class _Continue:
+    """Awaitable that resumes a coroutine which already ran its first step outside a task.
+
+    Awaited by the worker task, it passes the futures the coroutine yields up to the task and
+    sends/throws what the task delivers back down: exactly what ``await coro`` would have
+    done had the first step run inside the task (cancellation included).
+    """
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Any:
+        coro = self.coro
+        out = self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    out = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    out = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
 class _ErrorSlot:
     """A queue entry standing for a protocol error to answer in turn, then close."""
 
@@ -330,13 +370,17 @@ class HttpConnection(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        self._worker: asyncio.Task[None] | None = None  # one per connection, see _work
         self._init_state()
 
     def _init_state(self) -> None:
         self._transport: asyncio.Transport | None = None  # None once the connection is lost
         self._queue: deque[HttpExchange | _ErrorSlot] = deque()  # [0] is the running one
         self._parsing: HttpExchange | None = None  # exchange whose body is being parsed
-        self._task: asyncio.Task[None] | None = None  # handler task of _queue[0]
+        self._busy = False  # the worker task is running a handler (for _queue[0])
+        self._job: tuple[HttpExchange, Any, Any] | None = None  # next job for the worker
+        self._job_id = 0  # increments per job (request_timeout matches it)
+        self._wake: asyncio.Future[None] | None = None  # the idle worker waits on it
         self._pending = b""  # received bytes not fed yet (reading is paused)
         self._stopped = False  # feeding stopped; reading paused
         self._closing = False  # no more requests will be parsed
@@ -372,6 +416,7 @@ class HttpConnection(asyncio.Protocol):
             server=tuple(sock[:2]) if isinstance(sock, tuple) else None,
         )
         self._last_activity = now = loop.time()
+        self._worker = loop.create_task(self._work())
         cfg = self.config
         self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
 
@@ -413,11 +458,17 @@ class HttpConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        task = self._task
-        if task is not None and not task.done():
+        worker = self._worker
+        if worker is None or worker.done():
+            self._release()
+        elif self._busy:
             if not woken:
-                task.cancel()  # its done callback releases us
+                worker.cancel()  # the handler gets CancelledError; the worker releases us
         else:
+            wake = self._wake
+            self._worker = None
+            if wake is not None and not wake.done():
+                wake.set_result(None)  # the idle worker sees it was detached and ends
             self._release()
 
     def pause_writing(self) -> None:
@@ -468,7 +519,7 @@ class HttpConnection(asyncio.Protocol):
         if parser.in_head and not self._head_started:
             self._head_started = t = self._loop.time()
             self._arm(t + self.config.header_timeout)
-        if self._task is None and self._queue:
+        if not self._busy and self._queue:
             self._dispatch()
 
     def _resume(self) -> None:
@@ -542,50 +593,110 @@ class HttpConnection(asyncio.Protocol):
 
     def _dispatch_loop(self) -> None:
         queue = self._queue
-        while queue and self._task is None and self._transport is not None:
+        loop = self._loop
+        while queue and not self._busy and self._transport is not None:
             ex = queue[0]
             if isinstance(ex, _ErrorSlot):
                 self._send_error(ex.error)
                 return
+            worker = self._worker
+            if worker is None or _current_task(loop) is not None:
+                # Inside some task (e.g. a handler's receive() resumed reading): let the
+                # connection's worker task run it.
+                self._start_job((ex, None, None))
+                return
+            # Run the handler's first step right here, as the worker task (so
+            # asyncio.current_task() is a real task that can be cancelled).
             coro = self.handler(ex)
-            if _EAGER:
-                task = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
+            exc: BaseException | None = None
+            _enter_task(loop, worker)
+            try:
+                first = coro.send(None)
+            except StopIteration:
+                pass
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:
+                exc = e
             else:
-                task = self._loop.create_task(coro)
-            if task.done():
-                self._handler_done(task, ex)
-                continue
-            self._task = task
-            task.add_done_callback(self._on_task_done)
-            if self.config.request_timeout is not None:
-                self._loop.call_later(self.config.request_timeout, self._request_timeout, task)
+                self._start_job((ex, coro, first))  # it suspended: the worker continues it
+                return
+            finally:
+                _leave_task(loop, worker)
+            self._handler_done(ex, exc, False)
 
-    def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        if task is not self._task:
-            return
-        self._task = None
-        ex = self._queue[0] if self._queue else None
-        if isinstance(ex, HttpExchange):
-            self._handler_done(task, ex)
-        if self._transport is None:
-            self._release()
-        elif self._task is None and self._queue:
-            self._dispatch()
+    def _start_job(self, job: tuple[HttpExchange, Any, Any]) -> None:
+        self._busy = True
+        self._job = job
+        self._job_id += 1
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+        if self.config.request_timeout is not None:
+            self._loop.call_later(self.config.request_timeout, self._request_timeout, self._job_id)
 
-    def _request_timeout(self, task: asyncio.Task[None]) -> None:
-        if task is self._task and not task.done():
+    async def _work(self) -> None:
+        """The connection's worker task: continues suspended handlers, runs queued ones."""
+        loop = self._loop
+        worker = _current_task(loop)  # this task (self._worker may already be another's)
+        try:
+            while True:
+                if self._worker is not worker:
+                    return
+                if self._job is None:
+                    if self._transport is None:
+                        return
+                    self._wake = wake = loop.create_future()
+                    await wake
+                    if self._worker is not worker:
+                        return  # the connection was released (and maybe reused) meanwhile
+                    self._wake = None
+                job, self._job = self._job, None
+                if job is None:
+                    continue
+                ex, coro, first = job
+                exc: BaseException | None = None
+                cancelled = False
+                try:
+                    if coro is None:
+                        await self.handler(ex)
+                    else:
+                        await _Continue(coro, first)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    if worker is not None and hasattr(worker, "uncancel"):
+                        worker.uncancel()
+                except Exception as e:
+                    exc = e
+                self._busy = False
+                self._handler_done(ex, exc, cancelled)
+                queue = self._queue
+                if queue and self._transport is not None and not self._busy:
+                    nxt = queue[0]
+                    if isinstance(nxt, _ErrorSlot):
+                        self._send_error(nxt.error)
+                    else:
+                        self._busy = True
+                        self._job = (nxt, None, None)
+                        self._job_id += 1
+        finally:
+            if self._worker is worker:
+                self._worker = None
+                if self._transport is None:
+                    self._release()
+
+    def _request_timeout(self, job_id: int) -> None:
+        if job_id == self._job_id and self._busy and self._worker is not None:
             self._timed_out = True
-            task.cancel()
+            self._worker.cancel()
 
-    def _handler_done(self, task: asyncio.Task[None], ex: HttpExchange) -> None:
+    def _handler_done(self, ex: HttpExchange, exc: BaseException | None, cancelled: bool) -> None:
         """Apply the after-the-handler rules, then retire ``ex`` (decide, then act)."""
         if self._queue and self._queue[0] is ex:
             self._queue.popleft()
         timed_out, self._timed_out = self._timed_out, False
         lost = ex.disconnected
-        exc: BaseException | None
-        if task.cancelled():
-            exc = None
+        if cancelled:
             if lost:
                 return
             if not timed_out:
@@ -593,7 +704,6 @@ class HttpConnection(asyncio.Protocol):
                 return
             status, message = 503, "request timed out"
         else:
-            exc = task.exception()
             status, message = 500, "internal server error"
         if lost:
             if exc is not None and not isinstance(exc, ClientDisconnected):

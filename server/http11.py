@@ -110,6 +110,8 @@ class FileSlice:
 _HEAD, _BODY_CL, _BODY_CHUNKED, _DEAD = 0, 1, 2, 3
 _STATE_NAMES = {_HEAD: "head", _BODY_CL: "body", _BODY_CHUNKED: "chunked", _DEAD: "dead"}
 _VERSIONS = {"1.1", "1.0"}
+_REQ_SPECIAL = frozenset({b"host", b"transfer-encoding", b"content-length", b"expect"})
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class RequestParser:
@@ -285,16 +287,20 @@ class RequestParser:
             self._raise(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
-        if len(headers) >= self._max_hcount:
-            self._raise(431, "too many header fields")
-        self._hsize += len(name) + len(value) + 4
-        if self._hsize > self._max_hsize:
+        headers = self._headers  # after the head: a throwaway list for trailers
+        self._hsize = hsize = self._hsize + len(name) + len(value) + 4
+        if len(headers) >= self._max_hcount or hsize > self._max_hsize:
+            if len(headers) >= self._max_hcount:
+                self._raise(431, "too many header fields")
             self._raise(431, "request header block too large")
         name = name.lower()
-        if self._state != _HEAD:  # trailer fields: counted, not kept
-            return
         headers.append((name, value))
+        if name in _REQ_SPECIAL:
+            self._special(name, value)
+
+    def _special(self, name: bytes, value: bytes) -> None:
+        if self._state != _HEAD:
+            return
         if name == b"host":
             self._hosts += 1
         elif name == b"transfer-encoding":
@@ -324,7 +330,8 @@ class RequestParser:
             self._raise(400, "missing Host header" if self._hosts == 0 else "duplicate Host header")
         if self._head_bytes - len(self._url) > self._max_hsize + 32:  # raw bytes, padding too
             self._raise(431, "request header block too large")
-        method = p.get_method().decode("ascii")
+        raw_method = p.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             self._raise(405, "CONNECT is not supported")
         if self._cl > self._max_body:
@@ -372,6 +379,7 @@ class RequestParser:
             self._expect and version == "1.1",
         )
         self.events.append(head)
+        self._headers = []  # trailers, if any, land here and are dropped
         if self._te:
             self._state = _BODY_CHUNKED
             self._framing = 0
@@ -461,6 +469,33 @@ def server_line(name: str) -> bytes:
     return line
 
 
+_line_cache: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
+_cl_lines = {n: b"content-length: %d\r\n" % n for n in range(1024)}
+_SPECIAL_BITS = {
+    b"content-length": 1,
+    b"transfer-encoding": 2,
+    b"connection": 4,
+    b"date": 8,
+    b"server": 16,
+}
+
+
+def _header_line(pair: tuple[bytes, bytes]) -> tuple[bytes, int]:
+    """Validate one handler header; return its wire line and special-header bits (cached)."""
+    name, value = pair
+    if _has_ctl(value) or not _is_token(name):
+        raise InvalidHeader(f"invalid response header {name!r}: {value!r}")
+    bits = _SPECIAL_BITS.get(name.lower(), 0)
+    if bits == 4 and value.lower() == b"close":
+        bits |= 32
+    out = (name + b": " + value + b"\r\n", bits)
+    if len(value) <= 256 and type(pair) is tuple:
+        if len(_line_cache) >= 4096:
+            _line_cache.clear()
+        _line_cache[pair] = out
+    return out
+
+
 def response_head(
     status: int,
     headers: Headers,
@@ -478,36 +513,29 @@ def response_head(
     /``Connection``/``Date``/``Server`` take precedence over the computed ones. Raises
     :class:`InvalidHeader` for CR, LF or NUL in any name or value, or a non-token name.
     """
-    parts = [status_line(status)]
+    parts = [_status_lines.get(status) or status_line(status)]
     append = parts.append
     have = 0  # bit set: 1 content-length, 2 transfer-encoding, 4 connection, 8 date, 16 server
-    for name, value in headers:
-        if _has_ctl(value) or not _is_token(name):
-            raise InvalidHeader(f"invalid response header {name!r}: {value!r}")
-        lname = name.lower()
-        if lname in _SPECIAL:
-            if lname == b"content-length":
-                have |= 1
-            elif lname == b"transfer-encoding":
-                have |= 2
-            elif lname == b"connection":
-                have |= 4
-                if value.lower() == b"close":
-                    keep_alive = False
-            elif lname == b"date":
-                have |= 8
-            else:
-                have |= 16
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+    cache = _line_cache
+    for pair in headers:
+        try:
+            hit = cache.get(pair)
+        except TypeError:  # a list pair: not hashable
+            hit = None
+        if hit is None:
+            hit = _header_line(pair)
+        line, bits = hit
+        if bits:
+            have |= bits
+            if bits & 32:
+                keep_alive = False
+        append(line)
     chunked = False
     if status in _NO_BODY_STATUS or status < 200:
         pass
     elif content_length is not None:
         if not have & 3:
-            append(b"content-length: %d\r\n" % content_length)
+            append(_cl_lines.get(content_length) or b"content-length: %d\r\n" % content_length)
     elif have & 2:
         chunked = True  # the handler framed it itself; we still chunk-encode writes
     elif have & 1:
