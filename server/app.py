@@ -168,6 +168,7 @@ class App:
         dotfiles: bool = False,
         precompressed: bool = True,
         memory_max: int = 0,
+        small_max: int = 32 * 1024,
     ) -> StaticFiles:
         """Serve files under ``directory`` at ``prefix`` (GET/HEAD) with
         :class:`~server.response.StaticFiles`; its open-file cache closes on shutdown."""
@@ -178,6 +179,7 @@ class App:
             dotfiles=dotfiles,
             precompressed=precompressed,
             memory_max=memory_max,
+            small_max=small_max,
         )
         prefix = "/" + prefix.strip("/")
         base = "" if prefix == "/" else prefix

@@ -43,6 +43,9 @@ from collections import OrderedDict
 from server.static import FileInfo, contained, content_type, http_date, make_etag
 
 _PROC_FD = os.path.isdir("/proc/self/fd")
+_forks = [0]  # bumped in a forked child: its caches must not trust the parent's entries
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0) | os.O_NOCTTY
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -206,7 +209,7 @@ class FileCache:
         self.memory_max = memory_max  # files up to this size also keep their bytes (0: none)
         self.allow_dotfiles = allow_dotfiles
         self._entries: OrderedDict[tuple[str, str], OpenFile] = OrderedDict()  # LRU order
-        self._pid = os.getpid()  # a forked child must not reuse the parent's entries
+        self._forks = _forks[0]  # fork generation the entries belong to
         self.hits = self.misses = self.reopens = self.evictions = 0
         self._clock = time.monotonic
 
@@ -224,8 +227,8 @@ class FileCache:
     def acquire(self, root: str, rel: str) -> OpenFile:
         """The entry for ``root/rel`` with a reference held (call :meth:`release` after use,
         also for misses and directories)."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._forks != _forks[0]:
+            self._forks = _forks[0]
             self.close()
         key = (root, rel)
         entries = self._entries

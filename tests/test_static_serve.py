@@ -87,9 +87,11 @@ async def afetch(url: str, target: str, **kw: Any) -> tuple[int, http.client.HTT
     return await asyncio.to_thread(fetch, url, target, **kw)
 
 
-async def test_bodies_byte_for_byte(tree: tuple[Path, dict[str, bytes]]) -> None:
+@pytest.mark.parametrize("small_max", [0, 32 * 1024, 1 << 30])  # sendfile, pread, pread all
+async def test_bodies_byte_for_byte(tree: tuple[Path, dict[str, bytes]], small_max: int) -> None:
     root, files = tree
-    async with live_server(static_app(root)) as url, httpx.AsyncClient(base_url=url) as c:
+    app = static_app(root, small_max=small_max)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
         for name in ("small.txt", "big.bin", "empty.txt"):
             r = await c.get("/s/" + name, headers={"accept-encoding": "identity"})
             assert r.status_code == 200 and r.content == files[name], name
@@ -196,6 +198,14 @@ async def test_ranges(tree: tuple[Path, dict[str, bytes]]) -> None:
         assert parts[1].endswith(b"\r\n\r\n" + big[:10] + b"\r\n")
         assert parts[2].endswith(b"\r\n\r\n" + big[2000000:2000010] + b"\r\n")
         assert f"content-range: bytes 2000000-2000009/{BIG}".encode() in parts[2]
+        css = files["style.css"]  # a small file: the pread path frames multipart in memory
+        ident = {"accept-encoding": "identity"}
+        r = await c.get("/s/style.css", headers={"range": "bytes=0-3,-4", **ident})
+        assert r.status_code == 206 and int(r.headers["content-length"]) == len(r.content)
+        assert b"\r\n\r\n" + css[:4] + b"\r\n" in r.content
+        assert b"\r\n\r\n" + css[-4:] + b"\r\n" in r.content
+        r = await c.get("/s/style.css", headers={"range": "bytes=5-9", **ident})
+        assert r.status_code == 206 and r.content == css[5:10]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
