@@ -169,6 +169,7 @@ class App:
         precompressed: bool = True,
         memory_max: int = 0,
         small_max: int = 32 * 1024,
+        revalidate: float = 1.0,
     ) -> StaticFiles:
         """Serve files under ``directory`` at ``prefix`` (GET/HEAD) with
         :class:`~server.response.StaticFiles`; its open-file cache closes on shutdown."""
@@ -180,6 +181,7 @@ class App:
             precompressed=precompressed,
             memory_max=memory_max,
             small_max=small_max,
+            revalidate=revalidate,
         )
         prefix = "/" + prefix.strip("/")
         base = "" if prefix == "/" else prefix

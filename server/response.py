@@ -312,6 +312,11 @@ class StaticFiles:
     """Serve the files under ``directory`` (see :mod:`server.static` for the HTTP rules and
     :mod:`server.filecache` for the open-file cache and path safety).
 
+    A changed file is noticed within ``revalidate`` seconds (0: by the next request).
+    Files up to ``small_max`` bytes are read with one ``pread`` and leave with their head in one
+    write; larger ones go through ``exchange.sendfile``; ``memory_max`` keeps the bytes of files
+    up to that size in the cache as well.
+
     Use it as an app handler (``await files(exchange)`` serves ``head.path`` below ``prefix``),
     from a route (``return files.response(rel)``) or call :meth:`serve` directly. Every bad
     path is a 404, never a 500; :meth:`close` releases the cached fds (a shutdown hook).
@@ -328,6 +333,7 @@ class StaticFiles:
         precompressed: bool = True,
         memory_max: int = 0,
         small_max: int = 32 * 1024,
+        revalidate: float = 1.0,
         max_entries: int = 1000,
         cache: FileCache | None = None,
     ) -> None:
@@ -341,7 +347,9 @@ class StaticFiles:
         self.dotfiles = dotfiles
         self.precompressed = precompressed
         self.small_max = small_max  # files up to this size are read + written, not sendfile'd
-        self.cache = cache or FileCache(max_entries, memory_max=memory_max, allow_dotfiles=dotfiles)
+        self.cache = cache or FileCache(
+            max_entries, stat_interval=revalidate, memory_max=memory_max, allow_dotfiles=dotfiles
+        )
 
     def __repr__(self) -> str:
         return f"<StaticFiles {self.prefix!r} -> {self.root!r} {self.cache!r}>"

@@ -239,7 +239,7 @@ def test_cache_hits_revalidation_and_eviction(tmp_path: Path, fd_count: object) 
     for i in range(5):
         (tmp_path / f"{i}.txt").write_text(f"v{i}")
     r = str(tmp_path)
-    cache = FileCache(max_entries=3)
+    cache = FileCache(max_entries=3, stat_interval=0)
     e = cache.acquire(r, "0.txt")
     assert e.fd >= 0 and e.info is not None and e.info.size == 2
     etag = e.info.etag

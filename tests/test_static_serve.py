@@ -329,7 +329,7 @@ async def test_cache_revalidation_and_fds(
     tree: tuple[Path, dict[str, bytes]], fd_count: Callable[[], int]
 ) -> None:
     root, _ = tree
-    app = static_app(root)
+    app = static_app(root, revalidate=0)  # stat on every request: the next one sees a change
     async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
         assert (await c.get("/s/small.txt")).status_code == 200  # warm-up (lazy loop fds)
     before = fd_count()
@@ -349,6 +349,28 @@ async def test_cache_revalidation_and_fds(
         for i in range(30):
             await c.get(f"/s/miss{i}.txt")
     assert fd_count() <= before  # cached fds closed at shutdown
+
+
+@pytest.mark.asyncio(loop_factories=["netpoll"])
+async def test_default_revalidation_within_a_second(tree: tuple[Path, dict[str, bytes]]) -> None:
+    """By default the cache re-stats an entry at most once a second: a change shows up soon."""
+    root, _ = tree
+    async with live_server(static_app(root)) as url, httpx.AsyncClient(base_url=url) as c:
+        old = await c.get("/s/big.bin", headers={"accept-encoding": "identity"})
+        # deployments replace files atomically (a new inode): until the re-stat, the cached fd
+        # still serves the old file whole and consistent
+        (root / "big.bin.tmp").write_bytes(b"replaced")
+        os.replace(root / "big.bin.tmp", root / "big.bin")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0  # generous bound; the interval is 1 s
+        while True:
+            r = await c.get("/s/big.bin", headers={"accept-encoding": "identity"})
+            if r.status_code == 200 and r.content == b"replaced":
+                break
+            assert r.content == old.content and r.headers["etag"] == old.headers["etag"]
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)  # polling a condition, not ordering events
+        assert r.headers["etag"] != old.headers["etag"]
 
 
 async def test_file_response_conditional_and_range(tmp_path: Path) -> None:
