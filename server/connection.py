@@ -285,6 +285,23 @@ class HttpExchange:
         if self._chunked:
             self._emit([b"\r\n"])
 
+    async def splice(self, pipe_fd: int, count: int) -> None:
+        """Send exactly ``count`` bytes read from pipe ``pipe_fd`` (``netpoll.splice``: zero-copy
+        on netpoll/Linux, read + write elsewhere). Fewer bytes (the writer closed the pipe)
+        abort the connection, as a short ``sendfile`` does."""
+        self._check_write()
+        if self._declared is not None and self._sent + count > self._declared:
+            raise ExchangeError("body longer than the declared Content-Length")
+        self._sent += count
+        if self._head_only or count <= 0:
+            if self._pending_head is not None:
+                self._emit([])
+            return
+        self._emit([b"%x\r\n" % count] if self._chunked else [])
+        await self._conn._splice(self._gen, pipe_fd, count)
+        if self._chunked:
+            self._emit([b"\r\n"])
+
     async def end(self) -> None:
         if not self._started:
             raise ExchangeError("end before start")
@@ -832,6 +849,22 @@ class HttpConnection(asyncio.Protocol):
             self._transport.write(data)
             if self._write_paused:
                 await self._drain(gen)
+
+    async def _splice(self, gen: int, pipe_fd: int, count: int) -> None:
+        from netpoll import splice  # works on any loop: read + write where splice cannot
+
+        transport = self._transport
+        if transport is None or gen != self._gen:
+            raise ClientDisconnected("client disconnected")
+        try:
+            moved = await splice(transport, pipe_fd, count)
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from exc
+        if self._stopped and self._transport is not None:
+            self._transport.pause_reading()  # splice resumes reading it had paused
+        if moved < count:
+            self._abort("pipe ended before the announced length")
+            raise ClientDisconnected("pipe ended early")
 
     # --- timers ---
     def _arm(self, when: float) -> None:
