@@ -109,10 +109,6 @@ async def test_loop_sendfile_invalid_arguments(data_file: tuple[Path, bytes]) ->
     transport.close()
     await proto.lost
     peer.close()
-    if wrong and is_netpoll(loop):
-        pytest.xfail(
-            "netpoll's native sendfile skips asyncio's argument checks: " + "; ".join(wrong)
-        )
     assert not wrong, wrong
 
 
