@@ -6,7 +6,10 @@ responses (:class:`Response`, :class:`JSONResponse`, :class:`RedirectResponse`, 
 ``exchange.respond(status, headers, body)`` call and lets the connection layer frame the whole
 response into one write. :class:`StreamingResponse` uses ``start``/``write``/``end``;
 :class:`FileResponse` uses ``start``/``sendfile``/``end`` so the body never passes through
-Python on loops with zero-copy ``sendfile``.
+Python on loops with zero-copy ``sendfile``; :class:`PipeResponse` uses ``exchange.splice``
+for pipe-backed bodies. :class:`StaticFiles` serves a directory (the rules live in
+:mod:`server.static`, the open-file cache in :mod:`server.filecache`) and :func:`send_plan`
+writes the plans both it and :class:`FileResponse` make.
 
 Handlers may also return plain values; :func:`to_response` maps them: ``str`` -> text/plain
 (UTF-8), ``bytes`` -> application/octet-stream, ``dict``/``list`` -> JSON, ``None`` -> 204.
@@ -16,9 +19,13 @@ responses skip producing the body themselves and send only the head.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import os
 import stat
+import sys
+import termios
 from collections.abc import AsyncIterable, Iterable
 from email.utils import formatdate
 from http.cookies import SimpleCookie
@@ -301,6 +308,98 @@ class FileResponse(Response):
 
     def __repr__(self) -> str:
         return f"<FileResponse {self.status} {self.path!r}>"
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+def _pipe_available(fd: int) -> int:
+    """Bytes waiting in pipe ``fd`` (FIONREAD), -1 where the ioctl is not available."""
+    try:
+        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return -1
+    return int.from_bytes(buf, sys.byteorder, signed=True)
+
+
+class PipeResponse(Response):
+    """A body read from a pipe (a subprocess's stdout, a FIFO) until EOF.
+
+    On a connection with ``exchange.splice`` the bytes go pipe -> socket with ``os.splice``
+    (netpoll on Linux): with ``content_length`` in one call, else one chunk per batch of bytes
+    the pipe holds (``FIONREAD`` says how many, so each chunk's size is known before it is
+    sent). Elsewhere the pipe is read and written. ``pipe`` is an fd or an object with
+    ``fileno()``; it is closed afterwards when ``close`` is true. A pipe that ends before
+    ``content_length`` bytes aborts the connection (the length was promised).
+    """
+
+    streaming = True
+    __slots__ = ("close", "content_length", "pipe")
+
+    def __init__(
+        self,
+        pipe: int | Any,
+        status: int = 200,
+        headers: HeaderInit = None,
+        content_type: str | None = "application/octet-stream",
+        content_length: int | None = None,
+        close: bool = True,
+    ) -> None:
+        super().__init__(b"", status, headers, content_type)
+        self.pipe = pipe
+        self.content_length = content_length
+        self.close = close
+
+    async def send(self, exchange: Exchange) -> None:
+        fd = self.pipe if isinstance(self.pipe, int) else self.pipe.fileno()
+        try:
+            os.set_blocking(fd, False)
+            exchange.start(self.status, self.headers.raw, self.content_length)
+            if exchange.head.method != "HEAD":
+                await self._body(exchange, fd)
+            await exchange.end()
+        finally:
+            if self.close:
+                if isinstance(self.pipe, int):
+                    os.close(fd)
+                else:
+                    self.pipe.close()
+
+    async def _body(self, exchange: Exchange, fd: int) -> None:
+        splice = getattr(exchange, "splice", None)
+        left = self.content_length
+        if splice is not None and left is not None:
+            await splice(fd, left)
+            return
+        while left is None or left > 0:
+            await _readable(fd)
+            n = _pipe_available(fd) if splice is not None else -1
+            if n > 0:
+                if left is not None:
+                    n = min(n, left)
+                    left -= n
+                await splice(fd, n)  # type: ignore[misc]
+                continue
+            try:
+                data = os.read(fd, 256 * 1024 if left is None else min(left, 256 * 1024))
+            except BlockingIOError:
+                continue
+            if not data:
+                break  # EOF
+            if left is not None:
+                left -= len(data)
+            await exchange.write(data)
+        # a short body with a declared length makes end() abort the connection
+
+    def __repr__(self) -> str:
+        return f"<PipeResponse {self.status} pipe={self.pipe!r} length={self.content_length}>"
 
 
 _COMPRESSIBLE = (b"text/", b"application/javascript", b"application/json", b"application/xml")
