@@ -468,3 +468,43 @@ async def test_concurrent_large_and_small_downloads(tree: tuple[Path, dict[str, 
             names = ["big.bin", "small.txt", "style.css"] * 6
             bodies = await asyncio.wait_for(asyncio.gather(*(get(n) for n in names)), 30)
             assert all(b == files[n] for b, n in zip(bodies, names, strict=True))
+
+
+def test_cli_plain_file_server_subprocess(tree: tuple[Path, dict[str, bytes]]) -> None:
+    """``python -m server --static /=DIR`` with no app: only the files, on an inherited socket."""
+    import signal
+    import sys
+
+    root, files = tree
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    repo = Path(__file__).resolve().parent.parent
+    fd = str(listener.fileno())
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "server", "--fd", fd),
+            "--static",
+            f"/={root}",
+            "--cache-control",
+            "max-age=5",
+        ],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        pass_fds=[listener.fileno()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        status, h, body = fetch(url, "/big.bin")
+        assert status == 200 and body == files["big.bin"] and h["cache-control"] == "max-age=5"
+        assert fetch(url, "/plaintext")[0] == 404  # no demo app behind the files
+        assert fetch(url, "/static/hello.txt")[0] == 404  # and no demo static mount
+        assert fetch(url, "/sub/")[2] == b"<p>sub index</p>\n"
+        assert fetch(url, "/../secret.txt")[0] == 404
+    finally:
+        listener.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
