@@ -34,6 +34,9 @@ from typing import Any
 
 from server.config import Config
 from server.exchange import ClientDisconnected, Exchange
+from server.filecache import FileView
+from server.response import send_plan
+from server.static import Plan
 
 log = logging.getLogger("server.asgi")
 
@@ -163,19 +166,29 @@ class _Cycle:
             self._finish()
 
     async def _pathsend(self, message: Message) -> None:
+        """``http.response.pathsend``: the app's status and headers, then the file through the
+        same path as static files (``send_plan``: sendfile where the loop can; a file that
+        shrinks mid-send closes the connection). Opened non-blocking, so a FIFO cannot hang
+        the loop; anything but a regular file is refused."""
         if self.state != 0:
             raise RuntimeError("http.response.pathsend after the body started")
         status, headers, _ = self._head()
-        with open(message["path"], "rb") as f:
-            st = os.fstat(f.fileno())
+        fd = os.open(message["path"], _OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise RuntimeError(f"pathsend of a non-regular file: {message['path']!r}")
-            self.exchange.start(status, headers, st.st_size)
+            size = st.st_size
+            head_only = self.exchange.head.method == "HEAD"
+            plan = Plan(status, headers, size, [(b"", 0, size)] if size else [], body=not head_only)
             self.state = 1
-            if st.st_size and self.exchange.head.method != "HEAD":
-                await self.exchange.sendfile(f, 0, st.st_size)
-        await self.exchange.end()
+            await send_plan(self.exchange, plan, FileView(fd))
+        finally:
+            os.close(fd)
         self._finish()
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 class ASGIHandler:

@@ -109,3 +109,28 @@ async def test_static_uses_sendfile_on_netpoll(tmp_path: Path) -> None:
         r = await c.get("/s/big.bin")
         assert r.content == b"z" * (2 * 1024 * 1024)
         assert asyncio.get_running_loop().stats()["sendfile"] > before  # type: ignore[attr-defined]
+
+
+async def test_asgi_pathsend_shares_the_static_path(tmp_path: Path) -> None:
+    import os
+
+    data = os.urandom(300_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    os.mkfifo(tmp_path / "fifo")
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        name = "fifo" if scope["path"] == "/fifo" else "f.bin"
+        headers = [(b"content-type", b"application/octet-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.pathsend", "path": str(tmp_path / name)})  # type: ignore[operator]
+
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/f")
+        assert r.content == data and r.headers["content-length"] == str(len(data))
+        r = await c.head("/f")
+        assert r.content == b"" and r.headers["content-length"] == str(len(data))
+        r = await c.get("/fifo")  # refused without blocking the loop on open()
+        assert r.status_code == 500
+        assert (await c.get("/f")).content == data  # and the server carries on
