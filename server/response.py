@@ -540,7 +540,7 @@ class StaticFiles:
                 data = os.pread(entry.fd, info.size, 0)
                 if len(data) != info.size:
                     data = None  # changed under us: sendfile, which aborts if it is short
-            await send_plan(exchange, plan, entry.view(), data)
+            await send_plan(exchange, plan, entry.view() if data is None else None, data)
         finally:
             for e in held:
                 cache.release(e)

@@ -464,10 +464,13 @@ def directory_listing(url_path: str, names: list[tuple[str, bool]]) -> bytes:
         items.append('<li><a href="../">../</a></li>')
     for name, is_dir in sorted(names):
         suffix = "/" if is_dir else ""
-        href = html.escape(quote(name) + suffix, quote=True)
-        items.append(f'<li><a href="{href}">{html.escape(name + suffix)}</a></li>')
+        # names that are not UTF-8 (surrogate-escaped by os.scandir): the href keeps the exact
+        # bytes, the text shows replacement characters
+        href = html.escape(quote(name, errors="surrogateescape") + suffix, quote=True)
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        items.append(f'<li><a href="{href}">{html.escape(shown + suffix)}</a></li>')
     page = (
         f'<!doctype html><html><head><meta charset="utf-8"><title>Index of {title}</title>'
         f"</head><body><h1>Index of {title}</h1><ul>{''.join(items)}</ul></body></html>\n"
     )
-    return page.encode("utf-8", "surrogateescape")
+    return page.encode("utf-8", "replace")

@@ -199,6 +199,10 @@ def test_listing_escapes() -> None:
     page = static.directory_listing("/d/<x>/", [("<script>.txt", False), ('a"b', True)])
     assert b"<script>" not in page and b"&lt;script&gt;.txt" in page
     assert b'href="a%22b/"' in page and b"&lt;x&gt;" in page
+    odd = static.directory_listing(
+        "/", [(b"caf\xe9.txt".decode("utf-8", "surrogateescape"), False)]
+    )
+    assert b'href="caf%E9.txt"' in odd and "caf\ufffd.txt".encode() in odd
 
 
 # --- filecache ---

@@ -306,8 +306,11 @@ async def test_directories(tree: tuple[Path, dict[str, bytes]]) -> None:
         assert status == 404  # listings are off by default
         status, h, _ = await afetch(url, "/s/small.txt", method="POST")
         assert status == 405
+    with open(os.path.join(os.fsencode(root / "nodex"), b"caf\xe9.txt"), "wb") as fh:
+        fh.write(b"latin-1 name")  # not UTF-8: listed, never a 500
     async with live_server(static_app(root, autoindex=True)) as url:
         status, _, body = await afetch(url, "/s/nodex/")
+        assert b'href="caf%E9.txt"' in body
         assert status == 200 and b"&lt;b&gt;&amp;.txt" in body and b"<b>&" not in body
         assert b'href="%3Cb%3E%26.txt"' in body
         status, _, body = await afetch(url, "/s/")
