@@ -134,3 +134,33 @@ async def test_asgi_pathsend_shares_the_static_path(tmp_path: Path) -> None:
         r = await c.get("/fifo")  # refused without blocking the loop on open()
         assert r.status_code == 500
         assert (await c.get("/f")).content == data  # and the server carries on
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    d = tmp_path_factory.mktemp("cert")
+    crt, key = str(d / "c.pem"), str(d / "k.pem")
+    args = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+    subprocess.run(
+        ["openssl", *args, "-keyout", key, "-out", crt],
+        check=True,
+        capture_output=True,
+    )
+    return crt, key
+
+
+async def test_static_over_tls_uses_the_fallback(cert: tuple[str, str], tmp_path: Path) -> None:
+    import os
+    import ssl
+
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    (tmp_path / "big.bin").write_bytes(data)
+    app = App()
+    app.static("/s", tmp_path)
+    ctx = ssl.create_default_context(cafile=cert[0])
+    async with live_server(app, ssl_certfile=cert[0], ssl_keyfile=cert[1]) as url:
+        url = url.replace("http://127.0.0.1", "https://localhost")
+        async with httpx.AsyncClient(base_url=url, verify=ctx) as c:
+            assert (await c.get("/s/big.bin")).content == data
+            r = await c.get("/s/big.bin", headers={"range": "bytes=10-19,-5"})
+            assert r.status_code == 206 and data[10:20] in r.content and data[-5:] in r.content
