@@ -110,7 +110,9 @@ class FileSlice:
 _HEAD, _BODY_CL, _BODY_CHUNKED, _DEAD = 0, 1, 2, 3
 _STATE_NAMES = {_HEAD: "head", _BODY_CL: "body", _BODY_CHUNKED: "chunked", _DEAD: "dead"}
 _VERSIONS = {"1.1", "1.0"}
-_REQ_SPECIAL = frozenset({b"host", b"transfer-encoding", b"content-length", b"expect"})
+_VERSION_NAMES = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+# One header line (llhttp already rejected obs-fold, bare LF and bad characters).
+_header_pairs = re.compile(rb"\r\n([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)").findall
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -144,14 +146,10 @@ class RequestParser:
         self._reset_message()
 
     def _reset_message(self) -> None:
-        self._url = b""
-        self._headers: Headers = []
-        self._hsize = 0  # bytes of complete header lines
+        self._partial = b""  # head bytes so far, while the head spans several feeds
+        self._block = b""  # the complete head, for on_headers_complete
         self._head_bytes = 0  # raw bytes fed into the current head
-        self._hosts = 0
-        self._te = False
         self._cl = -1  # Content-Length, -1 when absent
-        self._expect = False
         self._body_len = 0  # body bytes delivered so far
         self._framing = 0  # chunked framing bytes since the last CRLF fed
 
@@ -226,13 +224,22 @@ class RequestParser:
             if end < 0:
                 end = data.find(term, pos)
                 end = n if end < 0 else end + k
-            if end == n and data[end - k : end] != term:
-                self._tail = (tail + data[max(pos, end - k + 1) : end])[1 - k :]
+                found = end != n or data[end - k : end] == term
             else:
+                found = True
+            if found:
                 self._tail = b""
+            else:
+                self._tail = (tail + data[max(pos, end - k + 1) : end])[1 - k :]
             if state == _HEAD:
                 self._begun = True
                 self._head_bytes += end - pos
+                chunk = data if (pos == 0 and end == n) else data[pos:end]
+                if found:
+                    self._block = self._partial + chunk if self._partial else chunk
+                    self._partial = b""
+                else:
+                    self._partial += chunk
         body_before = self._body_len
         piece = data if (pos == 0 and end == n) else memoryview(data)[pos:end]
         try:
@@ -247,6 +254,11 @@ class RequestParser:
             return n
         if state == _HEAD:
             if self._state == _HEAD and self._begun:
+                partial = self._partial
+                i = partial.find(b"\r\n", 2 if partial[:2] == b"\r\n" else 0)
+                if i > self._max_line or (i < 0 and len(partial) > self._max_line):
+                    self._fail(ProtocolError(414, "request line too long"))
+                    return n
                 if self._head_bytes > self._max_line + self._max_hsize + 4:
                     self._fail(ProtocolError(431, "request header block too large"))
                     return n
@@ -269,7 +281,7 @@ class RequestParser:
         msg = str(exc) or type(exc).__name__
         if isinstance(exc, httptools.HttpParserInvalidMethodError):
             return ProtocolError(400, "invalid request method")
-        if "Transfer-Encoding" in msg and "Content-Length" not in msg and not self._te:
+        if "Transfer-Encoding" in msg and "Content-Length" not in msg:
             return ProtocolError(501, "unsupported Transfer-Encoding")
         return ProtocolError(400, f"malformed request: {msg}")
 
@@ -281,62 +293,67 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self._begun = True
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._max_line:
-            self._raise(414, "request line too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers  # after the head: a throwaway list for trailers
-        self._hsize = hsize = self._hsize + len(name) + len(value) + 4
-        if len(headers) >= self._max_hcount or hsize > self._max_hsize:
-            if len(headers) >= self._max_hcount:
-                self._raise(431, "too many header fields")
-            self._raise(431, "request header block too large")
-        name = name.lower()
-        headers.append((name, value))
-        if name in _REQ_SPECIAL:
-            self._special(name, value)
-
-    def _special(self, name: bytes, value: bytes) -> None:
-        if self._state != _HEAD:
-            return
-        if name == b"host":
-            self._hosts += 1
-        elif name == b"transfer-encoding":
-            if self._te:
-                self._raise(400, "duplicate Transfer-Encoding")
-            if value.strip().lower() != b"chunked":
-                self._raise(501, "Transfer-Encoding other than chunked is not implemented")
-            self._te = True
-        elif name == b"content-length":
-            self._cl = int(value)  # llhttp validated digits and rejected duplicates
-        elif name == b"expect" and value.lower() == b"100-continue":
-            self._expect = True
-
     def on_headers_complete(self) -> None:
-        p = self._p
-        version = p.get_http_version()
-        if version not in _VERSIONS:
-            if version.startswith("0."):
+        # llhttp validated the syntax of the whole head; we extract it from our own copy in a
+        # few C-level calls instead of one Python callback per header.
+        block = self._block
+        self._block = b""
+        start = 0
+        while block.startswith(b"\r\n", start):  # empty lines before a request are ignored
+            start += 2
+        first = block.find(b"\r\n", start)
+        if first - start > self._max_line:
+            self._raise(414, "request line too long")
+        line = block[start:first]
+        sp1 = line.find(b" ")
+        sp2 = line.rfind(b" ")
+        version = _VERSION_NAMES.get(line[sp2 + 1 :])
+        if version is None:
+            v = self._p.get_http_version()
+            if v.startswith("0."):
                 self._raise(400, "HTTP/0.9 is not supported")
-            self._raise(505, f"HTTP version {version} not supported")
-        if version == "1.0":
-            if self._te:
-                self._raise(400, "Transfer-Encoding on an HTTP/1.0 request")
-            if self._hosts > 1:
-                self._raise(400, "duplicate Host header")
-        elif self._hosts != 1:
-            self._raise(400, "missing Host header" if self._hosts == 0 else "duplicate Host header")
-        if self._head_bytes - len(self._url) > self._max_hsize + 32:  # raw bytes, padding too
+            self._raise(505, f"HTTP version {v} not supported")
+        if len(block) - first > self._max_hsize + 4:
             self._raise(431, "request header block too large")
-        raw_method = p.get_method()
+        pairs = _header_pairs(block, first)
+        if len(pairs) > self._max_hcount:
+            self._raise(431, "too many header fields")
+        headers = [(k.lower(), v) for k, v in pairs]
+        lower = block[first:].lower()
+        hosts = lower.count(b"\r\nhost:")
+        te = False
+        if b"\r\ntransfer-encoding:" in lower:
+            values = [v for k, v in headers if k == b"transfer-encoding"]
+            if len(values) > 1:
+                self._raise(400, "duplicate Transfer-Encoding")
+            if values[0].lower() != b"chunked":
+                self._raise(501, "Transfer-Encoding other than chunked is not implemented")
+            te = True
+        if version == "1.0":
+            if te:
+                self._raise(400, "Transfer-Encoding on an HTTP/1.0 request")
+            if hosts > 1:
+                self._raise(400, "duplicate Host header")
+        elif hosts != 1:
+            self._raise(400, "missing Host header" if hosts == 0 else "duplicate Host header")
+        raw_method = line[:sp1]
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             self._raise(405, "CONNECT is not supported")
-        if self._cl > self._max_body:
-            self._raise(413, "request body too large")
-        url = self._url
+        cl = -1
+        if b"\r\ncontent-length:" in lower:
+            for k, v in headers:
+                if k == b"content-length":
+                    cl = int(v)  # llhttp validated the digits and rejected duplicates
+            if cl > self._max_body:
+                self._raise(413, "request body too large")
+        self._cl = cl
+        expect = False
+        if b"\r\nexpect:" in lower and version == "1.1":
+            for k, v in headers:
+                if k == b"expect" and v.lower() == b"100-continue":
+                    expect = True
+        url = line[sp1 + 1 : sp2]
         if url[:1] == b"/":
             q = url.find(b"?")
             if q >= 0:
@@ -362,28 +379,28 @@ class RequestParser:
             path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
         else:
             path = raw_path.decode("utf-8", "replace")
-        keep_alive = p.should_keep_alive()
+        keep_alive = self._p.should_keep_alive()
         if not keep_alive:
             self._reusable = False
-        head = RequestHead(
-            method,
-            path,
-            raw_path,
-            query,
-            version,
-            self._headers,
-            keep_alive,
-            self.client,
-            self.server,
-            self.scheme,
-            self._expect and version == "1.1",
+        self.events.append(
+            RequestHead(
+                method,
+                path,
+                raw_path,
+                query,
+                version,
+                headers,
+                keep_alive,
+                self.client,
+                self.server,
+                self.scheme,
+                expect,
+            )
         )
-        self.events.append(head)
-        self._headers = []  # trailers, if any, land here and are dropped
-        if self._te:
+        if te:
             self._state = _BODY_CHUNKED
             self._framing = 0
-        elif self._cl > 0:
+        elif cl > 0:
             self._state = _BODY_CL
         self._tail = b""
 
