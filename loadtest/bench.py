@@ -17,7 +17,7 @@ The method is the design brief's "How we measure speed" (the reference script is
 A :class:`Server` is a command template plus the workloads it serves. How it gets its port:
 ``fd`` (we bind ``127.0.0.1:0`` and pass the socket down: no race), ``announce`` (it binds
 port 0 and prints ``{"port": N}``: ``loadtest.proto_server``) or ``port`` (we ask the kernel
-for a free port and hand the number over: granian, nginx, which take no inherited socket).
+for a free port and hand the number over: uvicorn, granian, nginx).
 Servers whose program or module is missing are skipped with a note in the report, never an
 error. Each server is started once per round, answers a check request for each of its
 workloads (static files must have the right length), gets a one-second warm-up, then runs
@@ -158,8 +158,11 @@ def servers() -> list[Server]:
         Server("netpoll-asgi", [*ours, "--interface", "asgi", "loadtest.apps:asgi_app"]),
         Server(
             "uvicorn",
-            "{python} -m uvicorn loadtest.peers.asgi_peer:app --fd {fd} --loop uvloop"
-            " --http httptools --log-level warning --no-access-log --lifespan off".split(),
+            # a port, not --fd: uvicorn takes an inherited fd for an AF_UNIX socket, so on TCP
+            # it would skip TCP_NODELAY and every keep-alive response would wait for an ACK.
+            "{python} -m uvicorn loadtest.peers.asgi_peer:app --host 127.0.0.1 --port {port}"
+            " --loop uvloop --http httptools --log-level warning --no-access-log --lifespan off".split(),
+            listen="port",
             env={"BENCH_STATIC_DIR": "{static}"},
             prepare=_module("uvicorn"),
         ),

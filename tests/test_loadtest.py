@@ -217,6 +217,21 @@ def test_run_mixed_short(tmp_path: Path) -> None:
 
 
 @needs_locust
+def test_run_with_locust_worker_processes(tmp_path: Path) -> None:
+    """--processes 2: a master (port 0, read back) and two workers; stats reach the master."""
+    out = _loadtest(
+        "run", "--scenario", "plaintext", "--users", "4", "--duration", "3s",
+        "--processes", "2", "--results", str(tmp_path), "--quiet", timeout=90,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    run = _only(tmp_path)
+    with open(run / "locust_stats.csv", newline="") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    assert int(rows["/plaintext"]["Request Count"]) > 0
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+@needs_locust
 def test_run_exits_nonzero_when_requests_fail(tmp_path: Path) -> None:
     """The mixed scenario against an app without its routes: failures, exit status 1."""
     from loadtest.runner import ServerProcess
