@@ -14,8 +14,10 @@ Theory of operation
    ``--master`` / ``--worker`` run one side of a distributed run across machines.
 3. **Report.** :func:`loadtest.report.write_run_report` turns the CSVs into PNG plots
    (requests/s and p50/p95/p99 latency over time) and a ``summary.md``.
-4. **Verdict.** The exit status is 0 only when locust exited 0, at least one request was made
-   and no request failed.
+4. **Verdict.** The exit status is 0 only when locust exited 0 (locust itself exits 1 on any
+   failed request), at least one request was made and no request failed. The totals printed
+   come from locust's last CSV flush (up to a second before the end); locust's own final
+   summary above them and the HTML report count everything.
 
 Every child process is started in its own session and stopped (SIGTERM, then SIGKILL) in a
 ``finally``, and every wait is bounded, so a run always ends by itself.
@@ -349,7 +351,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", default="60s", help="run time, e.g. 20s, 2m (default 60s)")
     p.add_argument("--target", help="URL of a running server (default: start one here)")
     p.add_argument(
-        "--processes", type=int, default=0, help="locust worker processes here (one per core)"
+        "--processes",
+        type=int,
+        default=0,
+        help="locust worker processes here; -1: one per CPU core",
     )
     p.add_argument("--app", default=DEFAULT_APP, help=f"server target (default {DEFAULT_APP})")
     p.add_argument("--server-workers", type=int, default=1, help="server worker processes")
@@ -373,12 +378,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.worker:
         return run_worker(args.scenario, args.master_host, args.master_port)
+    processes = (os.cpu_count() or 1) if args.processes == -1 else max(0, args.processes)
     result = run_scenario(
         args.scenario,
         users=args.users,
         duration=duration,
         target=args.target,
-        processes=args.processes,
+        processes=processes,
         spawn_rate=args.spawn_rate,
         results=args.results,
         app=args.app,
