@@ -127,6 +127,8 @@ def _build_go(ctx: Context) -> str | None:
     if go is None:
         return "go not installed (apt-get install golang-go)"
     src = PEERS / "gosrv" / "main.go"
+    if not src.exists():
+        return "loadtest/peers/gosrv/main.go missing (not an editable install?)"
     out = ctx.tmp / "gosrv"
     if out.exists():
         return None
@@ -143,6 +145,8 @@ def _build_go(ctx: Context) -> str | None:
 def _nginx_conf(ctx: Context) -> str | None:
     if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
         return "nginx not installed (apt-get install nginx-light)"
+    if not (PEERS / "nginx.conf").exists():
+        return "loadtest/peers/nginx.conf missing (not an editable install?)"
     (ctx.tmp / "nginx").mkdir(exist_ok=True)
     return None
 
