@@ -162,7 +162,7 @@ class HttpExchange:
             if self._done_body:
                 return b""
             if self._body_error is not None:
-                raise self._body_error
+                raise _fresh(self._body_error)
             if self.disconnected:
                 raise ClientDisconnected("client disconnected before the body was complete")
             if self.head.expect_continue and not self._continue_sent and not self._started:
@@ -469,7 +469,7 @@ class HttpConnection(asyncio.Protocol):
                 ex._wake()
         for w in self._drain_waiters:
             if not w.done():
-                w.set_exception(err)
+                w.set_result(None)  # _drain raises a fresh ClientDisconnected: no cycle
                 woken = True
         self._drain_waiters.clear()
         if self._timer is not None:
@@ -687,6 +687,9 @@ class HttpConnection(asyncio.Protocol):
                     exc = e
                 self._busy = False
                 self._handler_done(ex, exc, cancelled)
+                # Drop references now: an exception's traceback holds the handler's frames
+                # (and e.g. its async generators) until this task next wakes up otherwise.
+                exc = job = ex = coro = first = None  # type: ignore[assignment]
                 queue = self._queue
                 if queue and self._transport is not None and not self._busy:
                     nxt = queue[0]
@@ -816,6 +819,8 @@ class HttpConnection(asyncio.Protocol):
         w = self._loop.create_future()
         self._drain_waiters.append(w)
         await w
+        if gen != self._gen or self._transport is None:
+            raise _Disconnected("client disconnected")
 
     async def _sendfile(self, gen: int, file: BinaryIO, offset: int, count: int) -> None:
         loop = self._loop
@@ -946,6 +951,14 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Force-close (end of the graceful period)."""
         self._abort("forced shutdown")
+
+
+def _fresh(err: ExchangeError) -> ExchangeError:
+    """A new instance of a stored error, so raising it never ties a traceback (and the
+    handler's frames) to the exchange that stores the original: no reference cycle."""
+    if isinstance(err, _BodyProtocolError):
+        return _BodyProtocolError(err.error)
+    return type(err)(*err.args)
 
 
 class _BodyProtocolError(ClientDisconnected):
