@@ -501,7 +501,10 @@ def run_bench(
         "Connections: 64 (16 for static files); pipelined = 16 requests per write.",
         "",
     ]
-    text = "\n".join(head) + report.bench_markdown(summary, REFERENCE, notes)
+    text = "\n".join(head)
+    text += f"## Summary: server CPU µs per request (ratio to {REFERENCE})\n\n"
+    text += report.bench_summary([r for r in summary if r.get("rps")], REFERENCE) + "\n"
+    text += report.bench_markdown(summary, REFERENCE, notes)
     if loopbench:
         progress("bench: running python -m loadtest.loopbench")
         text += "\n" + run_loopbench(out_dir, rounds, duration)

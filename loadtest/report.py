@@ -161,6 +161,38 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def bench_summary(results: Iterable[dict[str, Any]], reference: str = "uvicorn") -> str:
+    """One table, a row per server and a column per workload: server CPU µs per request and its
+    ratio to ``reference`` (the README's benchmark table)."""
+    rows = list(results)
+    workloads: list[str] = []
+    for r in rows:
+        if r["workload"] not in workloads:
+            workloads.append(r["workload"])
+    cell: dict[tuple[str, str], dict[str, Any]] = {(r["server"], r["workload"]): r for r in rows}
+    servers: list[str] = []
+    for r in sorted(rows, key=lambda r: (r["workload"] != workloads[0], r.get("cpu_us") or 1e18)):
+        if r["server"] not in servers:
+            servers.append(r["server"])
+    out = [
+        "| server | " + " | ".join(workloads) + " |",
+        "|---|" + "---:|" * len(workloads),
+    ]
+    for name in servers:
+        cells = []
+        for w in workloads:
+            r, ref = cell.get((name, w)), cell.get((reference, w))
+            if not r or not r.get("cpu_us"):
+                cells.append("-")
+                continue
+            text = _fmt(r["cpu_us"], 1)
+            if ref and ref.get("cpu_us"):
+                text += f" ({r['cpu_us'] / ref['cpu_us']:.2f}x)"
+            cells.append(text)
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def bench_markdown(
     results: Iterable[dict[str, Any]], reference: str = "uvicorn", notes: Sequence[str] = ()
 ) -> str:
