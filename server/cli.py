@@ -3,7 +3,10 @@
 Theory of operation: :func:`parse_args` turns argv into a :class:`~server.config.Config`. The
 hand-written options cover where and how to serve; every other ``Config`` field (limits and
 timeouts) gets a generated ``--field-name`` option typed from its dataclass annotation, so a new
-limit in ``Config`` appears on the command line without touching this file.
+limit in ``Config`` appears on the command line without touching this file. Settings not given
+on the command line come from ``$NETPOLL_<NAME>`` and a TOML file (``--config``), in that
+order (:mod:`server.settings`). ``--workers N|auto`` forks a supervisor (:mod:`server.supervisor`);
+for a ``MODULE:ATTR`` target it gets a loader that re-imports the app on SIGHUP.
 :func:`load_target` imports the application (the current directory is put on ``sys.path``);
 with no target the built-in demo app is served and ``server/demo/static`` mounted at
 ``/static``, unless ``--static`` mounts are given: then they alone are served (a plain file
@@ -27,7 +30,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any, NoReturn
 
@@ -51,6 +54,9 @@ _MANUAL = {
     "log_level",
     "ssl_certfile",
     "ssl_keyfile",
+    "metrics_path",
+    "health_path",
+    "config_file",
     "extra",
 }
 _CHOICES = {"overload": ("503", "defer")}
@@ -89,6 +95,18 @@ def _positive_int(text: str) -> int:
     if value == 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return _positive_int(text)
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"expected a path starting with '/', got {text!r}")
+    return text
 
 
 def _nonneg_float(text: str) -> float:
@@ -135,7 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interface", choices=("auto", "native", "asgi"), default=_DEFAULTS["interface"]
     )
-    p.add_argument("--workers", type=_positive_int, default=_DEFAULTS["workers"])
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=_DEFAULTS["workers"],
+        help="worker processes, or 'auto' for one per CPU",
+    )
+    p.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE.toml",
+        help="read settings from this TOML file (also $NETPOLL_CONFIG; see server/settings.py)",
+    )
+    p.add_argument(
+        "--metrics",
+        "--metrics-path",
+        dest="metrics_path",
+        type=_optional(_path),
+        metavar="PATH",
+        help="answer Prometheus metrics (all workers) at PATH",
+    )
+    p.add_argument(
+        "--health",
+        "--health-path",
+        dest="health_path",
+        type=_optional(_path),
+        metavar="PATH",
+        help="answer 200 'ok' at PATH while serving, 503 while draining",
+    )
     p.add_argument(
         "--static",
         type=_static_mount,
@@ -192,9 +237,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[str | None, Config]:
-    """Parse argv into ``(target, Config)``; raises :class:`UsageError` on bad input."""
-    ns = build_parser().parse_args(argv)
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str | None, Config]:
+    """Parse argv into ``(target, Config)``; raises :class:`UsageError` on bad input.
+
+    Settings missing from argv come from ``environ`` (default ``os.environ``) and the config
+    file, see :mod:`server.settings` for the precedence.
+    """
+    from server.settings import SettingsError, layered
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        base, path = layered(parser, args, os.environ if environ is None else environ)
+    except SettingsError as exc:
+        raise UsageError(str(exc))
+    static_base = base.pop("static", [])
+    parser.set_defaults(**base)
+    ns = parser.parse_args(args)
+    if not ns.static:
+        ns.static = static_base
+    ns.config_file = path
     values = {
         name: getattr(ns, name)
         for name in Config.names()
@@ -323,6 +387,56 @@ class StaticMounts:
         return f"<StaticMounts {self.prefixes} -> {self.inner!r}>"
 
 
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """The one logging setup of the command line: time, pid, level, logger name, message."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def purge_modules(module_name: str) -> list[str]:
+    """Forget ``module_name``'s top-level package (or, for a plain module, it and the modules
+    beside it in its directory) so the next import reads the files again. Installed packages,
+    the standard library and ``server``/``netpoll`` are never purged. Returns the names."""
+    import sysconfig
+
+    top = module_name.split(".")[0]
+    mod = sys.modules.get(top)
+    beside: str | None = None
+    file = getattr(mod, "__file__", None)
+    if file and not hasattr(mod, "__path__"):
+        beside = os.path.dirname(os.path.abspath(file))
+        installed = {os.path.abspath(p) for p in sysconfig.get_paths().values()}
+        if beside in installed:
+            beside = None
+    gone = []
+    for name, m in list(sys.modules.items()):
+        root = name.split(".")[0]
+        if root in ("server", "netpoll"):
+            continue
+        drop = root == top
+        if not drop and beside is not None:
+            f = getattr(m, "__file__", None)
+            drop = bool(f) and os.path.dirname(os.path.abspath(f)) == beside
+        if drop:
+            del sys.modules[name]
+            gone.append(name)
+    importlib.invalidate_caches()
+    return gone
+
+
+def _reloader(target: str, config: Config) -> Callable[[], tuple[Any, list[Hook], list[Hook]]]:
+    """What the supervisor calls on SIGHUP: re-import ``target`` and build a fresh handler."""
+
+    def load() -> tuple[Any, list[Hook], list[Hook]]:
+        purge_modules(target.partition(":")[0])
+        app = load_target(target)
+        return make_handler(app, config)
+
+    return load
+
+
 def _check_port(config: Config) -> None:
     """Fail early, with one line, when host:port cannot be bound."""
     if config.uds is not None or config.fd is not None or config.port == 0:
@@ -356,9 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m server`` and ``netpoll-server``; returns the exit status."""
     try:
         target, config = parse_args(argv)
-        logging.basicConfig(
-            level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(config.log_level)
         if target is None and config.static:
             app = None  # no app, only --static mounts: a plain file server
         else:
@@ -369,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not any(p == "/static" for p, _ in config.static):
                 config = config.with_(static=(*config.static, ("/static", STATIC_DIR)))
         handler, startup, shutdown = make_handler(app, config)
+        loader = None
+        if target is not None and not os.path.isdir(target):
+            loader = _reloader(target, config)
         _check_port(config)
         from server import serve
 
@@ -384,7 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.workers,
             config.interface,
         )
-        serve.run(handler, config, startup=startup, shutdown_hooks=shutdown)
+        serve.run(handler, config, startup=startup, shutdown_hooks=shutdown, loader=loader)
     except UsageError as exc:
         print(f"netpoll-server: error: {exc}", file=sys.stderr)
         return 2

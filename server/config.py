@@ -59,6 +59,19 @@ class Config:
     request_timeout: float | None = None  # handler deadline (503), off by default
     graceful_timeout: float = 30.0  # shutdown: then force-close
 
+    # --- workers and operations (server/supervisor.py, server/metrics.py) ---
+    #: Fork a supervisor even with one worker (respawn, SIGHUP reload); workers > 1 implies it.
+    supervise: bool = False
+    worker_timeout: float = 30.0  # a worker silent (no heartbeat) this long is killed, replaced
+    max_requests: int = 0  # a worker is recycled after this many requests; 0 = never
+    max_requests_jitter: int = 0  # plus random(0..jitter), so workers do not recycle together
+    #: Path answering Prometheus text metrics (aggregated over all workers); None = off.
+    metrics_path: str | None = None
+    #: Path answering 200 "ok" while serving, 503 while draining; None = off.
+    health_path: str | None = None
+    #: The TOML file the settings were read from (server/settings.py), for the record.
+    config_file: str | None = None
+
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def with_(self, **changes: Any) -> Config:

@@ -9,12 +9,13 @@ process gets SIGINT/SIGTERM. Graceful shutdown: stop accepting, tell every conne
 finish its response in flight with ``Connection: close`` (idle ones close at once), wait up to
 ``graceful_timeout``, then abort whatever is left.
 
-:func:`run` picks the event loop from ``config.loop`` (``netpoll``, ``uvloop`` or ``asyncio``),
-runs the startup hooks, :func:`serve`, then the shutdown hooks. With ``workers > 1`` it forks
-that many processes; on TCP each binds its own ``SO_REUSEPORT`` socket (the kernel spreads
-connections), on a Unix socket or inherited fd they share the parent's listener. The parent
-forwards SIGINT/SIGTERM and waits (a respawning supervisor is a later issue). A port in use
-gives one line on stderr and exit status 1.
+:func:`run` picks the event loop from ``config.loop`` (``netpoll``, ``uvloop`` or ``asyncio``).
+One worker is served in this process (:func:`run_worker`: startup hooks, :func:`serve`,
+shutdown hooks). With ``workers > 1``, ``supervise`` or ``max_requests`` it hands over to the
+prefork :class:`~server.supervisor.Supervisor` (respawn, SIGHUP reload, heartbeats,
+recycling), whose workers call :func:`run_worker` on the listener it gives them. Metrics,
+health and recycling wrap the handler (:func:`instrumented`), the connection layer is not
+touched. A port in use gives one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ from typing import Any
 
 from .config import Config
 from .exchange import AppHandler
+from .metrics import READY, Instrument, MetricsBoard, WorkerState
 from .pool import ConnectionPool
 
-__all__ = ["BindError", "loop_factory", "run", "serve"]
+__all__ = ["BindError", "loop_factory", "run", "run_worker", "serve"]
 
 Hook = Callable[[], Any]
+#: Re-imports the application: returns ``(handler, startup hooks, shutdown hooks)``.
+Loader = Callable[[], tuple[Any, list[Any], list[Any]]]
 
 
 class BindError(OSError):
@@ -126,12 +130,22 @@ async def serve(
     ready: Callable[[list[tuple[Any, ...]]], None] | None = None,
     shutdown: asyncio.Event | None = None,
     reuse_port: bool = False,
+    state: WorkerState | None = None,
+    drain_grace: float = 0.0,
 ) -> None:
-    """Serve ``handler`` until ``shutdown`` is set or SIGINT/SIGTERM, then shut down gracefully."""
+    """Serve ``handler`` until ``shutdown`` is set or SIGINT/SIGTERM, then shut down gracefully.
+
+    ``state`` (a supervised worker's :class:`~server.metrics.WorkerState`) learns the pool and
+    is marked draining when accepting stops. ``drain_grace`` > 0 first lets busy keep-alive
+    connections get one more answer (with ``Connection: close``, see
+    :class:`~server.metrics.Instrument`) for up to that many seconds before idle ones close.
+    """
     loop = asyncio.get_running_loop()
     ctx = ssl_context(config)
     pool = ConnectionPool(handler, config, scheme="https" if ctx else "http")
     server = await _listen(pool, config, ctx, reuse_port)
+    if state is not None:
+        state.attach(pool, loop)
     addresses: list[tuple[Any, ...]] = []
     for s in server.sockets:
         name = s.getsockname()
@@ -153,8 +167,13 @@ async def serve(
         for sig in signals:
             loop.remove_signal_handler(sig)
         server.close()  # stop accepting
+        deadline = loop.time() + config.graceful_timeout
+        if state is not None:
+            state.draining = True
+        if drain_grace > 0:
+            await pool.wait_empty(min(drain_grace, config.graceful_timeout))
         pool.shutdown()
-        if not await pool.wait_empty(config.graceful_timeout):
+        if not await pool.wait_empty(max(0.0, deadline - loop.time())):
             pool.abort_all()
             await pool.wait_empty(1.0)
         with contextlib.suppress(asyncio.TimeoutError):
@@ -171,21 +190,50 @@ async def _call_hooks(hooks: Iterable[Hook] | None) -> None:
             await result
 
 
-def _run_one(
+def run_worker(
     handler: AppHandler,
     config: Config,
     startup: Iterable[Hook] | None,
     shutdown_hooks: Iterable[Hook] | None,
+    *,
     reuse_port: bool = False,
+    state: WorkerState | None = None,
+    ready: Callable[[list[tuple[Any, ...]]], None] | None = None,
+    drain_grace: float = 0.0,
+    heartbeat: float = 0.0,
 ) -> int:
+    """One serving process: a fresh loop, the startup hooks, :func:`serve`, the shutdown hooks.
+
+    With ``heartbeat`` > 0 a task calls ``state.beat()`` that often (the supervisor's liveness
+    check, plus the metrics gauges). Returns the exit status (1 on a bind error).
+    """
     factory = loop_factory(config.loop)
 
+    async def beat(state: WorkerState) -> None:
+        while True:
+            state.beat()
+            await asyncio.sleep(heartbeat)
+
     async def main() -> None:
-        await _call_hooks(startup)
+        beater = None
+        if state is not None and heartbeat > 0:
+            beater = asyncio.create_task(beat(state))
         try:
-            await serve(handler, config, reuse_port=reuse_port)
+            await _call_hooks(startup)
+            try:
+                await serve(
+                    handler,
+                    config,
+                    reuse_port=reuse_port,
+                    state=state,
+                    ready=ready,
+                    drain_grace=drain_grace,
+                )
+            finally:
+                await _call_hooks(shutdown_hooks)
         finally:
-            await _call_hooks(shutdown_hooks)
+            if beater is not None:
+                beater.cancel()
 
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
@@ -198,93 +246,44 @@ def _run_one(
     return 0
 
 
+def instrumented(handler: AppHandler, config: Config, state: WorkerState, limit: int = 0) -> Any:
+    """``handler`` wrapped for metrics/health/recycling when any of them is on."""
+    if config.metrics_path or config.health_path or limit or state.row > 0:
+        return Instrument(handler, state, config, limit)
+    return handler
+
+
 def run(
     handler: AppHandler,
     config: Config,
     *,
     startup: Iterable[Hook] | None = None,
     shutdown_hooks: Iterable[Hook] | None = None,
+    loader: Loader | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (blocking); exits the process with status 1 on a bind error."""
+    """Serve until SIGINT/SIGTERM (blocking); exits the process with status 1 on a bind error.
+
+    One worker without ``supervise``/``max_requests`` runs in this process; otherwise a
+    :class:`~server.supervisor.Supervisor` forks the workers. ``loader`` (a callable returning
+    ``(handler, startup, shutdown_hooks)``) lets SIGHUP re-import the application.
+    """
     loop_factory(config.loop)  # fail early with a clear message
-    if config.workers <= 1:
-        code = _run_one(handler, config, startup, shutdown_hooks)
+    if config.workers <= 1 and not config.supervise and not config.max_requests:
+        state = WorkerState(MetricsBoard(2) if config.metrics_path else None, 0)
+        if state.board is not None:
+            state = WorkerState(state.board, state.board.claim(os.getpid()))
+            state.set_state(READY)
+        code = run_worker(
+            instrumented(handler, config, state),
+            config,
+            startup,
+            shutdown_hooks,
+            state=state,
+            heartbeat=1.0 if state.board is not None else 0.0,
+        )
     else:
-        code = _run_workers(handler, config, startup, shutdown_hooks)
+        from .supervisor import Supervisor
+
+        code = Supervisor(handler, config, startup, shutdown_hooks, loader).run()
     if code:
         raise SystemExit(code)
-
-
-def _run_workers(
-    handler: AppHandler,
-    config: Config,
-    startup: Iterable[Hook] | None,
-    shutdown_hooks: Iterable[Hook] | None,
-) -> int:
-    """Fork ``config.workers`` processes; forward SIGINT/SIGTERM; wait for them all."""
-    keep: socket.socket | None = None
-    reuse_port = False
-    if config.uds or config.fd is not None:
-        # Share one listener: bind it here, children inherit the fd.
-        if config.fd is None:
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.stat(config.uds).st_mode):  # type: ignore[arg-type]
-                    os.unlink(config.uds)  # type: ignore[arg-type]
-            keep = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                keep.bind(config.uds)  # type: ignore[arg-type]
-            except OSError as exc:
-                print(
-                    f"error: cannot listen on {_address(config)}: {exc.strerror}", file=sys.stderr
-                )
-                return 1
-            keep.listen(_backlog(config))
-            os.set_inheritable(keep.fileno(), True)
-            config = config.with_(fd=keep.fileno())
-    else:
-        reuse_port = True
-        if config.port == 0:
-            # Reserve one port for all workers: a bound, non-listening SO_REUSEPORT socket.
-            keep = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
-            keep.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            keep.bind((config.host, 0))
-            config = config.with_(port=keep.getsockname()[1])
-    children: list[int] = []
-    for _ in range(config.workers):
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                code = _run_one(handler, config, startup, shutdown_hooks, reuse_port=reuse_port)
-            finally:
-                os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    code = 0
-    try:
-        for child in children:
-            while True:
-                try:
-                    _, status = os.waitpid(child, 0)
-                    break
-                except InterruptedError:
-                    continue
-            if os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM, -signal.SIGINT):
-                code = 1
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if keep is not None:
-            keep.close()
-            if config.uds:
-                with contextlib.suppress(OSError):
-                    os.unlink(config.uds)
-    return code
