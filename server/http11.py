@@ -298,9 +298,9 @@ class RequestParser:
         # few C-level calls instead of one Python callback per header.
         block = self._block
         self._block = b""
-        start = 0
-        while block.startswith(b"\r\n", start):  # empty lines before a request are ignored
-            start += 2
+        # empty lines before a request are ignored; llhttp skips any run of CR and LF there
+        # (not only CRLF pairs), so must we, or a stray CR would become part of the method
+        start = len(block) - len(block.lstrip(b"\r\n"))
         first = block.find(b"\r\n", start)
         if first - start > self._max_line:
             self._raise(414, "request line too long")

@@ -1,0 +1,1 @@
+"""atheris fuzz harnesses (see ``fuzz/README.md``); importable so tests can replay the corpus."""
