@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import os
 import signal
 import socket
@@ -39,6 +40,7 @@ from .pool import ConnectionPool
 
 __all__ = ["BindError", "loop_factory", "run", "run_worker", "serve"]
 
+log = logging.getLogger("server.serve")
 Hook = Callable[[], Any]
 #: Re-imports the application: returns ``(handler, startup hooks, shutdown hooks)``.
 Loader = Callable[[], tuple[Any, list[Any], list[Any]]]
@@ -246,6 +248,18 @@ def run_worker(
     return 0
 
 
+def _log_listening(config: Config, addresses: list[tuple[Any, ...]]) -> None:
+    scheme = "https" if config.ssl_certfile else "http"
+    where = []
+    for a in addresses:
+        if len(a) == 1:
+            where.append(f"unix:{a[0]}" if config.fd is None else f"fd {config.fd} ({a[0]})")
+        else:
+            host = f"[{a[0]}]" if ":" in str(a[0]) else a[0]
+            where.append(f"{scheme}://{host}:{a[1]}")
+    log.info("listening on %s (single process %d)", ", ".join(where), os.getpid())
+
+
 def instrumented(handler: AppHandler, config: Config, state: WorkerState, limit: int = 0) -> Any:
     """``handler`` wrapped for metrics/health/recycling when any of them is on."""
     if config.metrics_path or config.health_path or limit or state.row > 0:
@@ -279,6 +293,7 @@ def run(
             startup,
             shutdown_hooks,
             state=state,
+            ready=lambda addresses: _log_listening(config, addresses),
             heartbeat=1.0 if state.board is not None else 0.0,
         )
     else:
