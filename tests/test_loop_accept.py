@@ -130,9 +130,18 @@ def test_emfile_backoff_does_not_spin_and_recovers(name: str) -> None:
         for c in clients:
             c.close()
         clients.clear()
-        fresh = socket.create_connection(("127.0.0.1", port), timeout=30)
-        clients.append(fresh)
-        assert recv_exactly(fresh, 3) == b"hi\n"  # served again within the back-off ceiling
+        # Served again within the back-off ceiling. uvloop (libuv) sheds load on EMFILE by
+        # accepting and closing with a reserve fd, so a connection that raced the shedding may
+        # be closed: other loops get a few tries, netpoll exactly one.
+        for attempt in range(1 if netpoll else 5):
+            fresh = socket.create_connection(("127.0.0.1", port), timeout=30)
+            clients.append(fresh)
+            try:
+                assert recv_exactly(fresh, 3) == b"hi\n"
+                break
+            except EOFError:
+                if netpoll or attempt == 4:
+                    raise
         if netpoll:
             stats = _ask(proc, "stats")["stats"]
             assert stats["accepts"] >= headroom
