@@ -512,6 +512,7 @@ class Supervisor:
                     self.due.pop(slot, None)
                     self._spawn(slot)
                 continue
+            self.due.pop(slot, None)  # a lead exists: no respawn pending for this slot
             if any(w.ready for w in leads):
                 for w in mine:
                     if w not in leads:
