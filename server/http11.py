@@ -111,6 +111,14 @@ _HEAD, _BODY_CL, _BODY_CHUNKED, _DEAD = 0, 1, 2, 3
 _STATE_NAMES = {_HEAD: "head", _BODY_CL: "body", _BODY_CHUNKED: "chunked", _DEAD: "dead"}
 _VERSIONS = {"1.1", "1.0"}
 _VERSION_NAMES = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+# Parsed request lines and header blocks, keyed by their bytes: a keep-alive client repeats its
+# header block (and often its request line) on every request. Only valid ones are stored;
+# every limit that depends on the Config is checked outside. Bounded: cleared when full.
+_Fields = tuple[tuple[tuple[bytes, bytes], ...], int, bool, int, bool]
+_CACHE_ENTRIES = 256
+_CACHE_KEY_MAX = 2048
+_target_cache: dict[bytes, tuple[str, str, bytes, bytes, str]] = {}
+_fields_cache: dict[bytes, _Fields] = {}
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -302,82 +310,28 @@ class RequestParser:
         if first - start > self._max_line:
             self._raise(414, "request line too long")
         line = block[start:first]
-        sp1 = line.find(b" ")
-        sp2 = line.rfind(b" ")
-        version = _VERSION_NAMES.get(line[sp2 + 1 :])
-        if version is None:
-            v = self._p.get_http_version()
-            if v.startswith("0."):
-                self._raise(400, "HTTP/0.9 is not supported")
-            self._raise(505, f"HTTP version {v} not supported")
+        target = _target_cache.get(line) or self._target(line)
+        method, path, raw_path, query, version = target
         if len(block) - first > self._max_hsize + 4:
             self._raise(431, "request header block too large")
-        # One line per field (llhttp already rejected obs-fold, bare CR/LF, bad characters and
-        # empty names); the block ends with CRLF CRLF. split/partition beat a regex 2.5x here.
-        lines = block[first + 2 : -4].split(b"\r\n") if len(block) > first + 4 else []
-        if len(lines) > self._max_hcount:
+        tail = block[first:]
+        fields, hosts, te, cl, expect = _fields_cache.get(tail) or self._fields(tail)
+        if len(fields) > self._max_hcount:
             self._raise(431, "too many header fields")
-        headers = [(k.lower(), v.strip(b" \t")) for k, _, v in [ln.partition(b":") for ln in lines]]
-        lower = block[first:].lower()
-        hosts = lower.count(b"\r\nhost:")
-        te = False
-        if b"\r\ntransfer-encoding:" in lower:
-            values = [v for k, v in headers if k == b"transfer-encoding"]
-            if len(values) > 1:
-                self._raise(400, "duplicate Transfer-Encoding")
-            if values[0].lower() != b"chunked":
-                self._raise(501, "Transfer-Encoding other than chunked is not implemented")
-            te = True
         if version == "1.0":
             if te:
                 self._raise(400, "Transfer-Encoding on an HTTP/1.0 request")
             if hosts > 1:
                 self._raise(400, "duplicate Host header")
+            expect = False
         elif hosts != 1:
             self._raise(400, "missing Host header" if hosts == 0 else "duplicate Host header")
-        raw_method = line[:sp1]
-        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             self._raise(405, "CONNECT is not supported")
-        cl = -1
-        if b"\r\ncontent-length:" in lower:
-            for k, v in headers:
-                if k == b"content-length":
-                    cl = int(v)  # llhttp validated the digits and rejected duplicates
-            if cl > self._max_body:
-                self._raise(413, "request body too large")
+        if cl > self._max_body:
+            self._raise(413, "request body too large")
         self._cl = cl
-        expect = False
-        if b"\r\nexpect:" in lower and version == "1.1":
-            for k, v in headers:
-                if k == b"expect" and v.lower() == b"100-continue":
-                    expect = True
-        url = line[sp1 + 1 : sp2]
-        if url[:1] == b"/":
-            q = url.find(b"?")
-            if q >= 0:
-                raw_path, query = url[:q], url[q + 1 :]
-            else:
-                raw_path, query = url, b""
-            f = query.find(b"#") if query else raw_path.find(b"#")
-            if f >= 0:
-                if query:
-                    query = query[:f]
-                else:
-                    raw_path = raw_path[:f]
-        elif url == b"*":
-            raw_path, query = url, b""
-        else:
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                self._raise(400, "invalid request target")
-            raw_path = parsed.path or b"/"
-            query = parsed.query or b""
-        if b"%" in raw_path:
-            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
-        else:
-            path = raw_path.decode("utf-8", "replace")
+        headers = list(fields)
         keep_alive = self._p.should_keep_alive()
         if not keep_alive:
             self._reusable = False
@@ -402,6 +356,89 @@ class RequestParser:
         elif cl > 0:
             self._state = _BODY_CL
         self._tail = b""
+
+    def _target(self, line: bytes) -> tuple[str, str, bytes, bytes, str]:
+        """(method, path, raw_path, query, version) of a request line; cached when valid."""
+        sp1 = line.find(b" ")
+        sp2 = line.rfind(b" ")
+        version = _VERSION_NAMES.get(line[sp2 + 1 :])
+        if version is None:
+            v = self._p.get_http_version()
+            if v.startswith("0."):
+                self._raise(400, "HTTP/0.9 is not supported")
+            self._raise(505, f"HTTP version {v} not supported")
+        raw_method = line[:sp1]
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
+        url = line[sp1 + 1 : sp2]
+        if url[:1] == b"/":
+            q = url.find(b"?")
+            if q >= 0:
+                raw_path, query = url[:q], url[q + 1 :]
+            else:
+                raw_path, query = url, b""
+            f = query.find(b"#") if query else raw_path.find(b"#")
+            if f >= 0:
+                if query:
+                    query = query[:f]
+                else:
+                    raw_path = raw_path[:f]
+        elif url == b"*" or method == "CONNECT":  # CONNECT: refused (405) by the caller
+            raw_path, query = url, b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._raise(400, "invalid request target")
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        if b"%" in raw_path:
+            path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+        else:
+            path = raw_path.decode("utf-8", "replace")
+        out = (method, path, raw_path, query, version)
+        if len(line) <= _CACHE_KEY_MAX:
+            if len(_target_cache) >= _CACHE_ENTRIES:
+                _target_cache.clear()
+            _target_cache[line] = out
+        return out
+
+    def _fields(self, tail: bytes) -> _Fields:
+        """(fields, Host count, chunked, Content-Length or -1, Expect: 100-continue) of a
+        header block ``tail`` (CRLF, the field lines, CRLF CRLF); cached when valid.
+
+        One line per field (llhttp already rejected obs-fold, bare CR/LF, bad characters and
+        empty names). split/partition beat a regex 2.5x here."""
+        lines = tail[2:-4].split(b"\r\n") if len(tail) > 4 else []
+        if len(lines) > self._max_hcount:
+            self._raise(431, "too many header fields")
+        fields = tuple(
+            [(k.lower(), v.strip(b" \t")) for k, _, v in [ln.partition(b":") for ln in lines]]
+        )
+        lower = tail.lower()
+        te = False
+        if b"\r\ntransfer-encoding:" in lower:
+            values = [v for k, v in fields if k == b"transfer-encoding"]
+            if len(values) > 1:
+                self._raise(400, "duplicate Transfer-Encoding")
+            if values[0].lower() != b"chunked":
+                self._raise(501, "Transfer-Encoding other than chunked is not implemented")
+            te = True
+        cl = -1
+        if b"\r\ncontent-length:" in lower:
+            for k, v in fields:
+                if k == b"content-length":
+                    cl = int(v)  # llhttp validated the digits and rejected duplicates
+        expect = False
+        if b"\r\nexpect:" in lower:
+            for k, v in fields:
+                if k == b"expect" and v.lower() == b"100-continue":
+                    expect = True
+        out = (fields, lower.count(b"\r\nhost:"), te, cl, expect)
+        if len(tail) <= _CACHE_KEY_MAX:
+            if len(_fields_cache) >= _CACHE_ENTRIES:
+                _fields_cache.clear()
+            _fields_cache[tail] = out
+        return out
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
