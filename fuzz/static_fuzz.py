@@ -62,7 +62,9 @@ OUTSIDE = b"SECRET-OUTSIDE"
 
 
 def _build_tree() -> str:
-    base = tempfile.mkdtemp(prefix="static-fuzz-")
+    # libFuzzer ends the process with C exit(), which skips atexit: tests/test_fuzz.py points
+    # FUZZ_TMPDIR into its own temporary directory so nothing is left behind
+    base = tempfile.mkdtemp(prefix="static-fuzz-", dir=os.environ.get("FUZZ_TMPDIR"))
     atexit.register(shutil.rmtree, base, True)
     root = os.path.join(base, "root")
     os.makedirs(os.path.join(root, "sub"))
@@ -79,7 +81,8 @@ def _build_tree() -> str:
 
 
 ROOT = _build_tree()
-_loop = asyncio.new_event_loop()
+_loop = asyncio.new_event_loop()  # runs each in-memory exchange to completion
+atexit.register(_loop.close)
 _servers = {
     (autoindex, dotfiles): StaticFiles(ROOT, autoindex=autoindex, dotfiles=dotfiles, revalidate=60)
     for autoindex in (False, True)

@@ -77,7 +77,12 @@ class FuzzRun:
         ]
         self.started = time.monotonic()
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "FUZZ_TMPDIR": str(work / target)},
+            )
 
     def result(self) -> tuple[int, str]:
         try:
