@@ -14,8 +14,10 @@ order. Feeding stops (the rest is kept in ``_pending`` and reading is paused) wh
 
 and resumes when the reason goes away. Responses are written with one ``write``/``writelines``
 of ``[head, body]``; streamed writes await ``resume_writing`` while the transport is above its
-high-water mark (a slow reader pauses the handler). ``sendfile`` goes through
-``loop.sendfile`` and falls back to read + write where the loop or transport cannot.
+high-water mark (a slow reader pauses the handler). The per-request side (body chunks, response
+framing, sendfile/splice bodies) is :class:`~server.http_exchange.HttpExchange`, in its own
+module; this one keeps everything per connection: parsing, ordering, flow control, timers,
+handler scheduling and the pool.
 
 Handlers run without a Task per request: each connection has one *worker* task. A new request's
 handler takes its first step right inside ``data_received`` with the worker registered as the
@@ -39,28 +41,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
-from .exchange import (
-    AppHandler,
-    BodyTooLarge,
-    ClientDisconnected,
-    ExchangeError,
-    Headers,
-    RequestHead,
-    ResponseStarted,
-)
-from .http11 import (
-    END,
-    LAST_CHUNK,
-    ProtocolError,
-    RequestParser,
-    chunk_frame,
-    error_response,
-    response_head,
-    server_line,
-)
+from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
+from .http11 import END, ProtocolError, RequestParser, error_response, server_line
+from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Disconnected
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -69,253 +55,10 @@ __all__ = ["HttpConnection", "HttpExchange"]
 
 logger = logging.getLogger("server")
 
-_BODY_HIGH = 256 * 1024  # buffered, unread request body that pauses reading
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_FILE_CHUNK = 256 * 1024
 _LINGER = 2.0  # seconds a lingering close waits for the client's FIN
 _current_task = asyncio.current_task
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
-_NO_SENDFILE: tuple[type[BaseException], ...] = (
-    NotImplementedError,
-    asyncio.SendfileNotAvailableError,
-    RuntimeError,
-    AttributeError,
-)
-
-
-class _Disconnected(ClientDisconnected):
-    """Raised into waiters when the transport is gone."""
-
-
-class HttpExchange:
-    """One request and its response (implements :class:`server.exchange.Exchange`)."""
-
-    __slots__ = (
-        "_body_error",
-        "_buffered",
-        "_chunked",
-        "_chunks",
-        "_conn",
-        "_continue_sent",
-        "_declared",
-        "_done_body",
-        "_drained",
-        "_ended",
-        "_gen",
-        "_head_only",
-        "_keep_alive",
-        "_pending_head",
-        "_sent",
-        "_started",
-        "_waiter",
-        "head",
-    )
-
-    def __init__(self, conn: HttpConnection, head: RequestHead) -> None:
-        self.head = head
-        self._conn = conn
-        self._gen = conn._gen  # the connection generation this exchange belongs to
-        self._chunks: deque[bytes] = deque()  # received, not yet consumed body chunks
-        self._buffered = 0  # bytes in _chunks
-        self._done_body = False  # END seen: the body is complete
-        self._body_error: ExchangeError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._continue_sent = False
-        self._started = False
-        self._ended = False
-        self._chunked = False
-        self._head_only = head.method == "HEAD"
-        self._keep_alive = head.keep_alive
-        self._pending_head: bytes | None = None  # head of a started response, not yet written
-        self._declared: int | None = None  # Content-Length announced by start()
-        self._sent = 0  # body bytes sent
-        self._drained = -1  # >= 0 once retired with its body unread: bytes discarded
-
-    def __repr__(self) -> str:
-        h = self.head
-        state = "ended" if self._ended else "started" if self._started else "pending"
-        return (
-            f"<HttpExchange {h.method} {h.raw_path!r} {state} body_buffered={self._buffered} "
-            f"body_complete={self._done_body} sent={self._sent}>"
-        )
-
-    # --- the Exchange contract ---
-    @property
-    def response_started(self) -> bool:
-        return self._started
-
-    @property
-    def disconnected(self) -> bool:
-        conn = self._conn
-        return conn._gen != self._gen or conn._transport is None
-
-    async def receive(self) -> bytes:
-        conn = self._conn
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if conn._stopped and self._buffered < _BODY_HIGH // 2:
-                    conn._resume()
-                return chunk
-            if self._done_body:
-                return b""
-            if self._body_error is not None:
-                raise _fresh(self._body_error)
-            if self.disconnected:
-                raise ClientDisconnected("client disconnected before the body was complete")
-            if self.head.expect_continue and not self._continue_sent and not self._started:
-                self._continue_sent = True
-                conn._transport.write(_CONTINUE)  # type: ignore[union-attr]
-            conn._resume()
-            waiter = conn._loop.create_future()
-            self._waiter = waiter
-            conn._body_wait_since = conn._loop.time()
-            conn._arm(conn._body_wait_since + conn.config.body_timeout)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-                conn._body_wait_since = 0.0
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _response_keep_alive(self) -> bool:
-        """Whether this response may keep the connection (decided before its head is built)."""
-        conn = self._conn
-        if not self._keep_alive or (conn._closing and len(conn._queue) <= 1):
-            return False
-        if not self._done_body:
-            if self.head.expect_continue and not self._continue_sent:
-                return False  # the client may or may not send the body: close
-            remaining = conn._parser.body_remaining if conn._parsing is self else 0
-            if remaining is not None and remaining > conn.config.max_drain_body:
-                return False
-        return True
-
-    def respond(self, status: int, headers: Headers, body: bytes) -> None:
-        if self._started:
-            raise ResponseStarted("response already started")
-        conn = self._conn
-        head, _, keep = response_head(
-            status,
-            headers,
-            content_length=len(body),
-            keep_alive=self._response_keep_alive(),
-            http10=self.head.http_version == "1.0",
-            server=conn._server_line,
-        )
-        self._started = self._ended = True
-        self._keep_alive = keep
-        if self.disconnected:
-            return
-        transport = conn._transport
-        assert transport is not None
-        if self._head_only or not body or status in (204, 304):
-            transport.write(head)
-        else:
-            transport.writelines([head, body])
-            self._sent = len(body)
-
-    def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
-        if self._started:
-            raise ResponseStarted("response already started")
-        head, chunked, keep = response_head(
-            status,
-            headers,
-            content_length=content_length,
-            keep_alive=self._response_keep_alive(),
-            http10=self.head.http_version == "1.0",
-            server=self._conn._server_line,
-        )
-        self._started = True
-        self._keep_alive = keep
-        self._chunked = chunked and not self._head_only
-        self._declared = content_length
-        self._pending_head = head
-
-    def _emit(self, bufs: list[Any]) -> None:
-        head = self._pending_head
-        if head is not None:
-            self._pending_head = None
-            bufs.insert(0, head)
-        if bufs:
-            transport = self._conn._transport
-            assert transport is not None
-            transport.writelines(bufs)
-
-    def _check_write(self) -> None:
-        if not self._started:
-            raise ExchangeError("write before start")
-        if self._ended:
-            raise ExchangeError("write after end")
-        if self.disconnected:
-            raise ClientDisconnected("client disconnected")
-
-    async def write(self, chunk: bytes) -> None:
-        self._check_write()
-        n = len(chunk)
-        if self._declared is not None and self._sent + n > self._declared:
-            raise ExchangeError("body longer than the declared Content-Length")
-        self._sent += n
-        if self._head_only:
-            if self._pending_head is not None:
-                self._emit([])
-            return
-        self._emit(chunk_frame(chunk) if self._chunked else [chunk] if n else [])
-        conn = self._conn
-        if conn._write_paused:
-            await conn._drain(self._gen)
-
-    async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
-        self._check_write()
-        if self._declared is not None and self._sent + count > self._declared:
-            raise ExchangeError("body longer than the declared Content-Length")
-        self._sent += count
-        if self._head_only or count <= 0:
-            if self._pending_head is not None:
-                self._emit([])
-            return
-        self._emit([b"%x\r\n" % count] if self._chunked else [])
-        await self._conn._sendfile(self._gen, file, offset, count)
-        if self._chunked:
-            self._emit([b"\r\n"])
-
-    async def splice(self, pipe_fd: int, count: int) -> None:
-        """Send exactly ``count`` bytes read from pipe ``pipe_fd`` (``netpoll.splice``: zero-copy
-        on netpoll/Linux, read + write elsewhere). Fewer bytes (the writer closed the pipe)
-        abort the connection, as a short ``sendfile`` does."""
-        self._check_write()
-        if self._declared is not None and self._sent + count > self._declared:
-            raise ExchangeError("body longer than the declared Content-Length")
-        self._sent += count
-        if self._head_only or count <= 0:
-            if self._pending_head is not None:
-                self._emit([])
-            return
-        self._emit([b"%x\r\n" % count] if self._chunked else [])
-        await self._conn._splice(self._gen, pipe_fd, count)
-        if self._chunked:
-            self._emit([b"\r\n"])
-
-    async def end(self) -> None:
-        if not self._started:
-            raise ExchangeError("end before start")
-        if self._ended:
-            return
-        self._ended = True
-        if self.disconnected:
-            return
-        if self._declared is not None and self._sent != self._declared and not self._head_only:
-            self._conn._abort("response shorter than its Content-Length")
-            return
-        self._emit([LAST_CHUNK] if self._chunked else [])
-        if self._conn._write_paused:
-            await self._conn._drain(self._gen)
 
 
 class _Continue:
@@ -822,55 +565,6 @@ class HttpConnection(asyncio.Protocol):
         if gen != self._gen or self._transport is None:
             raise _Disconnected("client disconnected")
 
-    async def _sendfile(self, gen: int, file: BinaryIO, offset: int, count: int) -> None:
-        loop = self._loop
-        transport = self._transport
-        if transport is None or gen != self._gen:
-            raise ClientDisconnected("client disconnected")
-        try:
-            sent = await loop.sendfile(transport, file, offset, count, fallback=False)
-            if self._stopped and self._transport is not None:
-                self._transport.pause_reading()  # asyncio's sendfile resumes reading
-            if sent < count:  # the file shrank while being sent: the length was promised
-                self._abort("file shorter than announced")
-                raise ClientDisconnected("file ended early")
-            return
-        except _NO_SENDFILE:
-            if gen != self._gen or self._transport is None:
-                raise ClientDisconnected("client disconnected")
-        except OSError as exc:
-            raise ClientDisconnected(str(exc)) from exc
-        # read + write fallback (uvloop, TLS)
-        file.seek(offset)
-        left = count
-        while left > 0:
-            data = file.read(min(_FILE_CHUNK, left))
-            if not data:
-                self._abort("file shorter than announced")
-                raise ClientDisconnected("file ended early")
-            left -= len(data)
-            if gen != self._gen or self._transport is None:
-                raise ClientDisconnected("client disconnected")
-            self._transport.write(data)
-            if self._write_paused:
-                await self._drain(gen)
-
-    async def _splice(self, gen: int, pipe_fd: int, count: int) -> None:
-        from netpoll import splice  # works on any loop: read + write where splice cannot
-
-        transport = self._transport
-        if transport is None or gen != self._gen:
-            raise ClientDisconnected("client disconnected")
-        try:
-            moved = await splice(transport, pipe_fd, count)
-        except OSError as exc:
-            raise ClientDisconnected(str(exc)) from exc
-        if self._stopped and self._transport is not None:
-            self._transport.pause_reading()  # splice resumes reading it had paused
-        if moved < count:
-            self._abort("pipe ended before the announced length")
-            raise ClientDisconnected("pipe ended early")
-
     # --- timers ---
     def _arm(self, when: float) -> None:
         if self._transport is None:
@@ -951,19 +645,3 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Force-close (end of the graceful period)."""
         self._abort("forced shutdown")
-
-
-def _fresh(err: ExchangeError) -> ExchangeError:
-    """A new instance of a stored error, so raising it never ties a traceback (and the
-    handler's frames) to the exchange that stores the original: no reference cycle."""
-    if isinstance(err, _BodyProtocolError):
-        return _BodyProtocolError(err.error)
-    return type(err)(*err.args)
-
-
-class _BodyProtocolError(ClientDisconnected):
-    """The body broke HTTP framing: ``receive`` raises it, the connection answers ``error``."""
-
-    def __init__(self, error: ProtocolError) -> None:
-        super().__init__(error.message)
-        self.error = error
