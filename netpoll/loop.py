@@ -247,13 +247,17 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
     # ------------------------------------------------------------------ I/O registration
 
-    def _add_io(self, fd: int, read: bool, callback: Callable[[], None]) -> None:
-        """Register a netpoll-internal reader (``read``) or writer run straight from poll."""
+    def _add_io(
+        self, fd: int, read: bool, callback: Callable[[], None], exclusive: bool = False
+    ) -> None:
+        """Register a netpoll-internal reader (``read``) or writer run straight from poll;
+        ``exclusive`` (listening sockets) wakes one of several processes polling the fd."""
         handle = IOHandle(callback, (), self, None)
         sel: PollerSelector = self._selector  # type: ignore[assignment]
         key = sel.keys.get(fd)
         if key is None:
-            sel.register(fd, _READ if read else _WRITE, (handle, None) if read else (None, handle))
+            data = (handle, None) if read else (None, handle)
+            sel.register(fd, _READ if read else _WRITE, data, exclusive=exclusive)
             return
         reader, writer = key.data
         if read:
@@ -350,7 +354,7 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
                 ssl_shutdown_timeout,
             )
 
-        self._add_io(sock.fileno(), True, on_readable)
+        self._add_io(sock.fileno(), True, on_readable, exclusive=True)
 
     def _accept_connection(  # type: ignore[override]
         self,

@@ -57,13 +57,15 @@ class PollerSelector(selectors.BaseSelector):
         self.keys: dict[int, selectors.SelectorKey] = {}  # fd -> key; see module invariant
         self._map: _KeyMap | None = _KeyMap(self.keys)
 
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+    def register(
+        self, fileobj: Any, events: int, data: Any = None, *, exclusive: bool = False
+    ) -> selectors.SelectorKey:
         if not events or events & ~_VALID:
             raise ValueError(f"Invalid events: {events!r}")
         fd = _fd_of(fileobj)
         if fd in self.keys:
             raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
-        self.poller.register(fd, events)
+        self.poller.register(fd, events, exclusive)
         key = selectors.SelectorKey(fileobj, fd, events, data)
         self.keys[fd] = key
         return key

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -158,3 +159,88 @@ def test_emfile_backoff_does_not_spin_and_recovers(name: str) -> None:
         for f in (proc.stdin, proc.stdout):
             if f is not None:
                 f.close()
+
+
+EPOLLEXCLUSIVE = 1 << 28
+
+
+def _epoll_events(epfd: int, fd: int) -> int | None:
+    """The event mask the kernel holds for ``fd`` in epoll instance ``epfd`` (from fdinfo)."""
+    with open(f"/proc/self/fdinfo/{epfd}") as f:
+        for line in f:
+            parts = line.split()
+            if parts[:1] == ["tfd:"] and int(parts[1]) == fd:
+                return int(parts[3], 16)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="epoll only")
+def test_listener_registered_exclusive_and_still_modifiable() -> None:
+    import netpoll
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Greeter, "127.0.0.1", 0)
+        sock = server.sockets[0]
+        epfd = loop._selector.poller.fileno()  # type: ignore[attr-defined]
+        events = _epoll_events(epfd, sock.fileno())
+        assert events is not None and events & EPOLLEXCLUSIVE and events & select.EPOLLIN
+        # EPOLL_CTL_MOD refuses exclusive entries; adding a writer must still work
+        loop.add_writer(sock.fileno(), lambda: None)
+        loop.remove_writer(sock.fileno())
+        events = _epoll_events(epfd, sock.fileno())
+        assert events is not None and not events & EPOLLEXCLUSIVE
+        port = sock.getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.readexactly(3) == b"hi\n"  # still accepting
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    loop = netpoll.Loop(poller="epoll")
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_shared_listener_served_by_two_netpoll_processes() -> None:
+    """Two processes polling one listening socket (registered EPOLLEXCLUSIVE) both accept."""
+    lsock = socket.create_server(("127.0.0.1", 0), backlog=256)
+    port = lsock.getsockname()[1]
+    children = []
+    code = (
+        "import asyncio, os, socket, sys, netpoll\n"
+        "s = socket.socket(fileno=int(sys.argv[1]))\n"
+        "class P(asyncio.Protocol):\n"
+        "    def connection_made(self, t):\n"
+        "        t.write(str(os.getpid()).encode() + b'\\n'); t.close()\n"
+        "async def main():\n"
+        "    srv = await asyncio.get_running_loop().create_server(P, sock=s)\n"
+        "    print('ready', flush=True)\n"
+        "    await asyncio.sleep(30)\n"
+        "netpoll.run(main())\n"
+    )
+    try:
+        for _ in range(2):
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(lsock.fileno())],
+                pass_fds=(lsock.fileno(),),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            children.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        pids = set()
+        for _ in range(200):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                pids.add(int(c.makefile().readline()))
+            if len(pids) == 2:
+                break
+        assert pids == {p.pid for p in children}
+    finally:
+        for proc in children:
+            proc.kill()
+            proc.wait()
+        lsock.close()

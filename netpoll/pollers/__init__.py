@@ -2,10 +2,12 @@
 
 The interface every backend implements (the loop relies on nothing else):
 
-``register(fd, events)`` / ``modify(fd, events)``
+``register(fd, events, exclusive=False)`` / ``modify(fd, events)``
     Watch ``fd`` for ``events``, a mask of ``selectors.EVENT_READ`` (1) and
     ``selectors.EVENT_WRITE`` (2). ``register`` of a watched fd and ``modify`` of an unwatched
-    one are bugs in the caller (the selector layer prevents both).
+    one are bugs in the caller (the selector layer prevents both). ``exclusive`` asks for one
+    waiter to be woken per event when several processes poll the same file (a listening socket
+    shared by workers): ``EPOLLEXCLUSIVE`` on epoll, a no-op elsewhere.
 ``unregister(fd)``
     Stop watching ``fd``. Must not raise if the fd was already closed (the kernel may have
     dropped it on its own).
@@ -41,7 +43,7 @@ class Poller(Protocol):
     READ: int
     WRITE: int
 
-    def register(self, fd: int, events: int) -> None: ...
+    def register(self, fd: int, events: int, exclusive: bool = False) -> None: ...
     def modify(self, fd: int, events: int) -> None: ...
     def unregister(self, fd: int) -> None: ...
     def poll(self, timeout: float | None) -> list[tuple[int, int]]: ...

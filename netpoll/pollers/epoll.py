@@ -18,8 +18,11 @@ Kernel facts this file relies on:
   miss wake-ups. Our transports keep the reader registered for the connection's lifetime and
   register the writer only when the kernel refused bytes, so ``epoll_ctl`` is off the hot path
   anyway.
-* ``EPOLLEXCLUSIVE`` (Linux 4.5) avoids thundering herds on a listening socket shared by several
-  processes; the server's workers use ``SO_REUSEPORT`` sockets of their own instead.
+* ``EPOLLEXCLUSIVE`` (Linux 4.5) wakes one of the epoll instances waiting on a file instead of
+  all of them: listening sockets are registered with it, so workers sharing one listener (a Unix
+  socket, an inherited fd) do not all wake for each connection. The kernel accepts the flag only
+  with ``EPOLL_CTL_ADD``, never with ``EPOLL_CTL_MOD`` (EINVAL), so :meth:`EpollPoller.modify`
+  of an exclusive fd re-adds it without the flag.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 # index: selectors mask (1 = read, 2 = write) -> epoll mask
 _NATIVE = (0, _IN, _OUT, _IN | _OUT)
+_EXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
 
 class EpollPoller:
@@ -40,19 +44,30 @@ class EpollPoller:
     def __init__(self) -> None:
         self._ep = select.epoll()
         self._count = 0  # registered fds, for a repr
+        self._exclusive: set[int] = set()  # fds added with EPOLLEXCLUSIVE
         # epoll.poll already takes float seconds and None for "forever": expose it as is, so a
         # loop turn pays no Python frame for polling
         self.poll = self._ep.poll  # type: ignore[method-assign]
 
-    def register(self, fd: int, events: int) -> None:
-        self._ep.register(fd, _NATIVE[events])
+    def register(self, fd: int, events: int, exclusive: bool = False) -> None:
+        if exclusive and _EXCLUSIVE:
+            self._ep.register(fd, _NATIVE[events] | _EXCLUSIVE)
+            self._exclusive.add(fd)
+        else:
+            self._ep.register(fd, _NATIVE[events])
         self._count += 1
 
     def modify(self, fd: int, events: int) -> None:
+        if fd in self._exclusive:  # EPOLL_CTL_MOD refuses exclusive entries: re-add
+            self._exclusive.discard(fd)
+            self._ep.unregister(fd)
+            self._ep.register(fd, _NATIVE[events])
+            return
         self._ep.modify(fd, _NATIVE[events])
 
     def unregister(self, fd: int) -> None:
         self._count -= 1
+        self._exclusive.discard(fd)
         try:
             self._ep.unregister(fd)
         except OSError:  # already closed: the kernel dropped it with the last reference

@@ -48,7 +48,7 @@ class KqueuePoller:
                     continue
                 raise
 
-    def register(self, fd: int, events: int) -> None:
+    def register(self, fd: int, events: int, exclusive: bool = False) -> None:
         self._change(fd, 0, events)
         self._events[fd] = events
 

@@ -33,7 +33,7 @@ class PollPoller:
         self._fds: set[int] = set()  # registered fds (poll objects cannot list theirs)
         self._closed = False
 
-    def register(self, fd: int, events: int) -> None:
+    def register(self, fd: int, events: int, exclusive: bool = False) -> None:
         self._p.register(fd, _NATIVE[events])
         self._fds.add(fd)
 
