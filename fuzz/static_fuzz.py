@@ -61,10 +61,22 @@ DOTFILES = {".hidden": b"SECRET-DOT-ROOT", "sub/.env": b"SECRET-DOT-SUB"}
 OUTSIDE = b"SECRET-OUTSIDE"
 
 
+def _remove_stale(parent: str) -> None:
+    """Remove trees left by dead processes (a killed run skips atexit, and libFuzzer ends
+    the process with C ``exit()``, which skips it too)."""
+    for name in os.listdir(parent):
+        if not name.startswith("static-fuzz-"):
+            continue
+        pid = name.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def _build_tree() -> str:
-    # libFuzzer ends the process with C exit(), which skips atexit: tests/test_fuzz.py points
-    # FUZZ_TMPDIR into its own temporary directory so nothing is left behind
-    base = tempfile.mkdtemp(prefix="static-fuzz-", dir=os.environ.get("FUZZ_TMPDIR"))
+    parent = os.environ.get("FUZZ_TMPDIR") or tempfile.gettempdir()  # tests set FUZZ_TMPDIR
+    if os.path.isdir("/proc/self"):
+        _remove_stale(parent)
+    base = tempfile.mkdtemp(prefix=f"static-fuzz-{os.getpid()}-", dir=parent)
     atexit.register(shutil.rmtree, base, True)
     root = os.path.join(base, "root")
     os.makedirs(os.path.join(root, "sub"))

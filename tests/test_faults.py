@@ -412,7 +412,8 @@ async def test_emfile_server_keeps_serving_once_fds_free_up(server_loop: str) ->
             ]
             # the first ones are served and hold their fds; the rest wait (or are dropped)
             await asyncio.wait(clients, timeout=2)
-            assert 0 < len(answered) <= headroom, f"limit did not bite: {len(answered)}"
+            # (+2: fds the server had open transiently when its base count was taken)
+            assert 0 < len(answered) <= headroom + 2, f"limit did not bite: {len(answered)}"
             assert server.proc.poll() is None
             release.set()  # everyone answered leaves as soon as answered: fds free up
             results = await asyncio.wait_for(asyncio.gather(*clients), 90)
