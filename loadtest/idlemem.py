@@ -15,8 +15,10 @@ nothing closes during the measurement (ours: ``--keepalive-timeout``; uvicorn:
    connect, send one ``GET`` per socket, read each full response, so every connection is a
    real keep-alive connection that has served one request and is now idle. Each client then
    prints ``ready`` and holds its sockets until its stdin closes;
-3. once every client is ready and the server holds ``N`` sockets (counted in
-   ``/proc/PID/fd``), its memory is read again (**MN**); the table reports
+3. once every client is ready, the server holds ``N`` established sockets (counted in
+   ``/proc/PID/fd`` against ``/proc/net/tcp``) and the connections have been idle for
+   ``SETTLE`` seconds (ours lets a connection's worker task go after one idle second), its
+   memory is read again (**MN**); the table reports
    ``(MN - M0) / N`` in KiB per connection;
 4. the clients' stdin is closed, they close their sockets and exit; the server is stopped.
 
@@ -51,6 +53,7 @@ from loadtest.runner import wait_http
 
 DEFAULT_SERVERS = ("netpoll-native", "netpoll-asgi", "loop:netpoll", "uvicorn", "go-net/http")
 IDLE = "3600"  # keep-alive idle timeout during the run, seconds
+SETTLE = 2.5  # seconds the connections stay idle before the second reading
 BATCH = 500  # sockets a client connects before it reads their responses
 REQUEST = b"GET /plaintext HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -265,7 +268,7 @@ def measure(
         _wait_for(
             lambda: socket_count(pid) >= base + connections, 30, "the server to hold every socket"
         )
-        time.sleep(0.5)
+        time.sleep(SETTLE)  # idle means idle: servers may free per-request state lazily
         mn = memory_kib(pid)
         held = socket_count(pid) - base
         row.update(held=held, m0=m0, mn=mn)

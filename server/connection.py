@@ -24,7 +24,9 @@ handler takes its first step right inside ``data_received`` with the worker regi
 current task (so ``asyncio.current_task()`` is a real, cancellable task); a handler that
 completes without suspending costs no loop round trip and no Task. One that suspends is handed
 to the worker, which resumes it through :class:`_Continue` (exactly what ``await`` would have
-done, cancellation included) and then runs queued pipelined requests itself.
+done, cancellation included) and then runs queued pipelined requests itself. The worker is
+created with the connection's first request and let go after ``_WORKER_IDLE`` seconds without
+one, so an idle keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
 
 Timeouts use one lazy timer per connection: activity only stores a timestamp; the timer wakes at
 the earliest possible deadline, re-checks the state and re-arms. Header deadline (whole head)
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
@@ -56,6 +57,7 @@ __all__ = ["HttpConnection", "HttpExchange"]
 logger = logging.getLogger("server")
 
 _LINGER = 2.0  # seconds a lingering close waits for the client's FIN
+_WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task go
 _current_task = asyncio.current_task
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
@@ -112,6 +114,42 @@ class _ErrorSlot:
 class HttpConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
+    __slots__ = (
+        "_body_wait_since",
+        "_busy",
+        "_closing",
+        "_dispatching",
+        "_drain_waiters",
+        "_eof",
+        "_gen",
+        "_head_started",
+        "_job",
+        "_job_id",
+        "_last_activity",
+        "_lingering",
+        "_loop",
+        "_parser",
+        "_parsing",
+        "_pending",
+        "_queue",
+        "_requests",
+        "_server_line",
+        "_shutdown",
+        "_stopped",
+        "_timed_out",
+        "_timer",
+        "_timer_when",
+        "_transport",
+        "_wake",
+        "_worker",
+        "_write_paused",
+        "_write_paused_at",
+        "config",
+        "handler",
+        "pool",
+        "scheme",
+    )
+
     def __init__(
         self,
         handler: AppHandler,
@@ -130,12 +168,12 @@ class HttpConnection(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
-        self._worker: asyncio.Task[None] | None = None  # one per connection, see _work
+        self._worker: asyncio.Task[None] | None = None  # created lazily, see _work
         self._init_state()
 
     def _init_state(self) -> None:
         self._transport: asyncio.Transport | None = None  # None once the connection is lost
-        self._queue: deque[HttpExchange | _ErrorSlot] = deque()  # [0] is the running one
+        self._queue: list[HttpExchange | _ErrorSlot] = []  # [0] is the running one (<= 16)
         self._parsing: HttpExchange | None = None  # exchange whose body is being parsed
         self._busy = False  # the worker task is running a handler (for _queue[0])
         self._job: tuple[HttpExchange, Any, Any] | None = None  # next job for the worker
@@ -176,7 +214,6 @@ class HttpConnection(asyncio.Protocol):
             server=tuple(sock[:2]) if isinstance(sock, tuple) else None,
         )
         self._last_activity = now = loop.time()
-        self._worker = loop.create_task(self._work())
         cfg = self.config
         self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
 
@@ -360,7 +397,12 @@ class HttpConnection(asyncio.Protocol):
                 self._send_error(ex.error)
                 return
             worker = self._worker
-            if worker is None or _current_task(loop) is not None:
+            if worker is None:
+                # Created lazily, dropped after a while idle (_on_timer): an idle keep-alive
+                # connection holds no task. Not started yet: _work finds the job, if any.
+                self._worker = worker = loop.create_task(self._work())
+                self._arm(loop.time() + 2 * _WORKER_IDLE)  # _on_timer lets it go when idle
+            if _current_task(loop) is not None:
                 # Inside some task (e.g. a handler's receive() resumed reading): let the
                 # connection's worker task run it.
                 self._start_job((ex, None, None))
@@ -383,7 +425,18 @@ class HttpConnection(asyncio.Protocol):
                 return
             finally:
                 _leave_task(loop, worker)
-            self._handler_done(ex, exc, False)
+            if (
+                exc is None
+                and ex._ended
+                and ex._pending_head is None
+                and ex._gen == self._gen
+                and self._transport is not None
+                and not self._timed_out
+            ):
+                del queue[0]  # the common case of _handler_done: a complete response
+                self._retire(ex)
+            else:
+                self._handler_done(ex, exc, False)
 
     def _start_job(self, job: tuple[HttpExchange, Any, Any]) -> None:
         self._busy = True
@@ -448,6 +501,15 @@ class HttpConnection(asyncio.Protocol):
                 if self._transport is None:
                     self._release()
 
+    def _drop_worker(self) -> None:
+        """Let an idle worker task end (it holds ~1 KiB); the next request makes a new one."""
+        if self._busy or self._job is not None:
+            return
+        wake = self._wake
+        self._worker = self._wake = None
+        if wake is not None and not wake.done():
+            wake.set_result(None)  # _work sees it was detached and returns
+
     def _request_timeout(self, job_id: int) -> None:
         if job_id == self._job_id and self._busy and self._worker is not None:
             self._timed_out = True
@@ -456,7 +518,7 @@ class HttpConnection(asyncio.Protocol):
     def _handler_done(self, ex: HttpExchange, exc: BaseException | None, cancelled: bool) -> None:
         """Apply the after-the-handler rules, then retire ``ex`` (decide, then act)."""
         if self._queue and self._queue[0] is ex:
-            self._queue.popleft()
+            del self._queue[0]
         timed_out, self._timed_out = self._timed_out, False
         lost = ex.disconnected
         if cancelled:
@@ -616,6 +678,8 @@ class HttpConnection(asyncio.Protocol):
                     self._transport.close()  # idle keep-alive: close silently
                     return
                 deadlines.append(dl)
+                if self._worker is not None and now - self._last_activity >= _WORKER_IDLE:
+                    self._drop_worker()
         deadlines.append(now + min(cfg.keepalive_timeout, cfg.header_timeout, 1.0) + 0.0)
         self._arm(min(deadlines))
 

@@ -125,6 +125,31 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PAT
 class RequestParser:
     """Incremental request parser; see the module docstring for the feeding contract."""
 
+    __slots__ = (
+        "_begun",
+        "_block",
+        "_body_len",
+        "_cl",
+        "_error",
+        "_framing",
+        "_head_bytes",
+        "_max_body",
+        "_max_hcount",
+        "_max_hsize",
+        "_max_line",
+        "_p",
+        "_partial",
+        "_reusable",
+        "_state",
+        "_tail",
+        "client",
+        "config",
+        "events",
+        "messages",
+        "scheme",
+        "server",
+    )
+
     def __init__(
         self,
         config: Config,

@@ -23,7 +23,6 @@ connection object: once the connection is reset, the exchange reports ``disconne
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .exchange import ClientDisconnected, ExchangeError, Headers, RequestHead, ResponseStarted
@@ -77,7 +76,7 @@ class HttpExchange:
         self.head = head
         self._conn = conn
         self._gen = conn._gen  # the connection generation this exchange belongs to
-        self._chunks: deque[bytes] = deque()  # received, not yet consumed body chunks
+        self._chunks: list[bytes] = []  # received, not yet consumed body chunks
         self._buffered = 0  # bytes in _chunks
         self._done_body = False  # END seen: the body is complete
         self._body_error: ExchangeError | None = None
@@ -115,7 +114,7 @@ class HttpExchange:
         conn = self._conn
         while True:
             if self._chunks:
-                chunk = self._chunks.popleft()
+                chunk = self._chunks.pop(0)
                 self._buffered -= len(chunk)
                 if conn._stopped and self._buffered < _BODY_HIGH // 2:
                     conn._resume()
