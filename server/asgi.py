@@ -61,20 +61,27 @@ class _Cycle:
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
-        head = exchange.head
-        cl = head.get_header(b"content-length")
-        te = head.get_header(b"transfer-encoding")
-        # remaining: body bytes still expected (None: unknown, read until b"")
-        self.remaining: int | None = int(cl) if cl is not None and cl.isdigit() else None
-        if te is None and self.remaining is None:
-            self.remaining = 0
+        # remaining: body bytes still expected (None: unknown, read until b""); -1 until the
+        # first receive() works it out (most apps that answer GETs never call receive)
+        self.remaining: int | None = -1
         self.body_done = False  # True once the last http.request event was handed out
         self.start: Message | None = None  # held http.response.start
         self.state = 0  # 0: nothing sent, 1: streaming, 2: response complete
         self.done: asyncio.Future[None] | None = None  # set when complete (for receive waiters)
 
+    def _expected(self) -> int | None:
+        head = self.exchange.head
+        cl = head.get_header(b"content-length")
+        te = head.get_header(b"transfer-encoding")
+        remaining = int(cl) if cl is not None and cl.isdigit() else None
+        if te is None and remaining is None:
+            remaining = 0
+        return remaining
+
     async def receive(self) -> Message:
         if not self.body_done:
+            if self.remaining == -1:
+                self.remaining = self._expected()
             if self.remaining == 0:
                 self.body_done = True
                 return {"type": "http.request", "body": b"", "more_body": False}
@@ -123,7 +130,13 @@ class _Cycle:
                     raise RuntimeError("http.response.start sent twice")
                 self.start = message
             elif kind == "http.response.body":
-                await self._body(message)
+                if self.state == 0 and not message.get("more_body", False):
+                    # the whole response in one message: one respond, no nested coroutine
+                    status, headers, _ = self._head()
+                    ex.respond(status, headers, bytes(message.get("body", b"")))
+                    self._finish()
+                else:
+                    await self._body(message)
             elif kind == "http.response.pathsend":
                 await self._pathsend(message)
             else:
@@ -138,14 +151,18 @@ class _Cycle:
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = None
         for name, value in start.get("headers", ()):
-            name = bytes(name)
-            if name.lower() == b"content-length":
+            if type(name) is not bytes:
+                name = bytes(name)
+            if type(value) is not bytes:
+                value = bytes(value)
+            if len(name) == 14 and name.lower() == b"content-length":
                 length = int(value)
                 if self.exchange.head.method == "HEAD":
-                    headers.append((name, bytes(value)))
+                    headers.append((name, value))
                 continue
-            headers.append((name, bytes(value)))
-        return int(start["status"]), headers, length
+            headers.append((name, value))
+        status = start["status"]
+        return status if type(status) is int else int(status), headers, length
 
     async def _body(self, message: Message) -> None:
         body = message.get("body", b"")

@@ -383,14 +383,14 @@ class HttpConnection(asyncio.Protocol):
         if self._dispatching:
             return  # re-entered through _retire -> _resume -> _feed: the outer loop goes on
         self._dispatching = True
+        queue = self._queue
+        loop = self._loop
         try:
-            self._dispatch_loop()
+            self._dispatch_loop(queue, loop)
         finally:
             self._dispatching = False
 
-    def _dispatch_loop(self) -> None:
-        queue = self._queue
-        loop = self._loop
+    def _dispatch_loop(self, queue: list[Any], loop: asyncio.AbstractEventLoop) -> None:
         while queue and not self._busy and self._transport is not None:
             ex = queue[0]
             if isinstance(ex, _ErrorSlot):

@@ -38,7 +38,7 @@ import re
 import time
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -590,7 +590,44 @@ def response_head(
     (then ``keep_alive`` becomes False). Handler-supplied ``Content-Length``/``Transfer-Encoding``
     /``Connection``/``Date``/``Server`` take precedence over the computed ones. Raises
     :class:`InvalidHeader` for CR, LF or NUL in any name or value, or a non-token name.
+
+    Whole heads are cached per (status, length, keep-alive, version, server, headers) while the
+    ``Date`` line stays the same (at most one second); unhashable headers are not cached.
     """
+    global _head_date
+    key: tuple[Any, ...] | None = None
+    if date is None:
+        date = _date.get()
+        if date is not _head_date:
+            _heads.clear()
+            _head_date = date
+        try:
+            key = (status, content_length, keep_alive, http10, server, *headers)
+            hit = _heads.get(key)
+        except TypeError:  # a list pair or a bytearray: not hashable
+            key = hit = None
+        if hit is not None:
+            return hit
+    out = _build_head(status, headers, content_length, keep_alive, http10, server, date)
+    if key is not None and len(_heads) < _HEADS_MAX:
+        _heads[key] = out
+    return out
+
+
+_heads: dict[tuple[Any, ...], tuple[bytes, bool, bool]] = {}  # see response_head
+_HEADS_MAX = 512
+_head_date = b""  # the Date line _heads was built with
+
+
+def _build_head(
+    status: int,
+    headers: Headers,
+    content_length: int | None,
+    keep_alive: bool,
+    http10: bool,
+    server: bytes,
+    date: bytes,
+) -> tuple[bytes, bool, bool]:
     parts = [_status_lines.get(status) or status_line(status)]
     append = parts.append
     have = 0  # bit set: 1 content-length, 2 transfer-encoding, 4 connection, 8 date, 16 server
@@ -624,7 +661,7 @@ def response_head(
         chunked = True
         append(b"transfer-encoding: chunked\r\n")
     if not have & 8:
-        append(date if date is not None else _date.get())
+        append(date)
     if not have & 16 and server:
         append(server)
     if not have & 4:
