@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Config
 from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
 from .http11 import END, ProtocolError, RequestParser, error_response, server_line
-from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Disconnected
+from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Continue, _Disconnected
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -61,42 +61,6 @@ _WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task
 _current_task = asyncio.current_task
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
-
-
-class _Continue:
-    """Awaitable that resumes a coroutine which already ran its first step outside a task.
-
-    Awaited by the worker task, it passes the futures the coroutine yields up to the task and
-    sends/throws what the task delivers back down: exactly what ``await coro`` would have
-    done had the first step run inside the task (cancellation included).
-    """
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Any:
-        coro = self.coro
-        out = self.first
-        self.first = None
-        while True:
-            try:
-                sent = yield out
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    out = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    out = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 class _ErrorSlot:
@@ -115,40 +79,12 @@ class HttpConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     __slots__ = (
-        "_body_wait_since",
-        "_busy",
-        "_closing",
-        "_dispatching",
-        "_drain_waiters",
-        "_eof",
-        "_gen",
-        "_head_started",
-        "_job",
-        "_job_id",
-        "_last_activity",
-        "_lingering",
-        "_loop",
-        "_parser",
-        "_parsing",
-        "_pending",
-        "_queue",
-        "_requests",
-        "_server_line",
-        "_shutdown",
-        "_stopped",
-        "_timed_out",
-        "_timer",
-        "_timer_when",
-        "_transport",
-        "_wake",
-        "_worker",
-        "_write_paused",
-        "_write_paused_at",
-        "config",
-        "handler",
-        "pool",
-        "scheme",
-    )
+        "_body_wait_since _busy _closing _dispatching _drain_waiters _eof _gen "
+        "_head_started _job _job_id _last_activity _lingering _loop _parser _parsing "
+        "_pending _queue _requests _server_line _shutdown _stopped _timed_out _timer "
+        "_timer_when _transport _wake _worker _write_paused _write_paused_at config "
+        "handler pool scheme"
+    ).split()
 
     def __init__(
         self,

@@ -126,29 +126,10 @@ class RequestParser:
     """Incremental request parser; see the module docstring for the feeding contract."""
 
     __slots__ = (
-        "_begun",
-        "_block",
-        "_body_len",
-        "_cl",
-        "_error",
-        "_framing",
-        "_head_bytes",
-        "_max_body",
-        "_max_hcount",
-        "_max_hsize",
-        "_max_line",
-        "_p",
-        "_partial",
-        "_reusable",
-        "_state",
-        "_tail",
-        "client",
-        "config",
-        "events",
-        "messages",
-        "scheme",
-        "server",
-    )
+        "_begun _block _body_len _cl _error _framing _head_bytes _max_body "
+        "_max_hcount _max_hsize _max_line _p _partial _reusable _state _tail client "
+        "config events messages scheme server"
+    ).split()
 
     def __init__(
         self,

@@ -18,6 +18,9 @@ A response is framed synchronously: ``respond`` builds the head (cached byte str
 ``writelines``; ``start`` keeps the head until the first ``write``/``sendfile``/``end`` so
 that it leaves with the first body bytes. ``_gen`` pins the exchange to one use of a pooled
 connection object: once the connection is reset, the exchange reports ``disconnected``.
+
+:class:`_Continue` lives here too: the awaitable with which the connection's worker task
+resumes a handler whose first step ran inline (see ``server.connection``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .http11 import LAST_CHUNK, ProtocolError, chunk_frame, response_head
 if TYPE_CHECKING:
     from .connection import HttpConnection
 
-__all__ = ["HttpExchange"]
+__all__ = ["HttpExchange"]  # and, for the connection's worker: _Continue
 
 _BODY_HIGH = 256 * 1024  # buffered, unread request body that pauses reading
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -276,6 +279,42 @@ class HttpExchange:
         self._emit([LAST_CHUNK] if self._chunked else [])
         if self._conn._write_paused:
             await self._conn._drain(self._gen)
+
+
+class _Continue:
+    """Awaitable that resumes a coroutine which already ran its first step outside a task.
+
+    Awaited by the worker task, it passes the futures the coroutine yields up to the task and
+    sends/throws what the task delivers back down: exactly what ``await coro`` would have
+    done had the first step run inside the task (cancellation included).
+    """
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Any:
+        coro = self.coro
+        out = self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    out = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    out = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 # --- zero-copy bodies (the connection's transport, flow control and abort) ---
