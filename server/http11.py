@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 _TERM = b"\r\n\r\n"
+_CRLF_START = (b"\r", b"\n")
 
 
 class ProtocolError(Exception):
@@ -248,10 +249,20 @@ class RequestParser:
                 self._head_bytes += end - pos
                 chunk = data if (pos == 0 and end == n) else data[pos:end]
                 if found:
-                    self._block = self._partial + chunk if self._partial else chunk
+                    head = self._block = self._partial + chunk if self._partial else chunk
                     self._partial = b""
                 else:
-                    self._partial += chunk
+                    head = self._partial = self._partial + chunk
+                # The request line's limit is checked on what we hold *before* llhttp sees it,
+                # so the answer (414) does not depend on how the head was split into reads
+                # (llhttp could otherwise report a later header's error first).
+                start = 0
+                if head[:1] in _CRLF_START:  # llhttp skips CR/LF runs before a request
+                    start = len(head) - len(head.lstrip(b"\r\n"))
+                i = head.find(b"\r\n", start)
+                if (i if i >= 0 else len(head)) - start > self._max_line:
+                    self._fail(ProtocolError(414, "request line too long"))
+                    return n
         body_before = self._body_len
         piece = data if (pos == 0 and end == n) else memoryview(data)[pos:end]
         try:
@@ -266,11 +277,6 @@ class RequestParser:
             return n
         if state == _HEAD:
             if self._state == _HEAD and self._begun:
-                partial = self._partial
-                i = partial.find(b"\r\n", 2 if partial[:2] == b"\r\n" else 0)
-                if i > self._max_line or (i < 0 and len(partial) > self._max_line):
-                    self._fail(ProtocolError(414, "request line too long"))
-                    return n
                 if self._head_bytes > self._max_line + self._max_hsize + 4:
                     self._fail(ProtocolError(431, "request header block too large"))
                     return n
