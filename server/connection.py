@@ -44,6 +44,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .compat import guard_writelines
 from .config import Config
 from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
 from .http11 import END, ProtocolError, RequestParser, error_response, server_line
@@ -141,6 +142,7 @@ class HttpConnection(asyncio.Protocol):
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard_writelines(transport)  # stock asyncio 3.12+: a writelines that never pauses
         self._transport = transport  # type: ignore[assignment]
         self._loop = loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
