@@ -260,7 +260,9 @@ class RequestParser:
                 if head[:1] in _CRLF_START:  # llhttp skips CR/LF runs before a request
                     start = len(head) - len(head.lstrip(b"\r\n"))
                 i = head.find(b"\r\n", start)
-                if (i if i >= 0 else len(head)) - start > self._max_line:
+                if i < 0:  # no line end yet; a trailing CR may be the first half of one
+                    i = len(head) - (head[-1:] == b"\r")
+                if i - start > self._max_line:
                     self._fail(ProtocolError(414, "request line too long"))
                     return n
         body_before = self._body_len
