@@ -31,6 +31,7 @@ import resource
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -370,6 +371,18 @@ def http_get(port: int, path: str = "/plaintext") -> int:
         conn.close()
 
 
+def http_get_retrying(port: int, attempts: int = 5) -> int:
+    """``http_get``, retried on a reset or close (a loop shedding load at its fd limit)."""
+    for attempt in range(attempts):
+        try:
+            return http_get(port)
+        except (ConnectionError, http.client.RemoteDisconnected):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)  # give the server a moment to free its fds; nothing to wait on
+    raise AssertionError("unreachable")
+
+
 async def held_client(port: int, release: asyncio.Event, answered: list[int]) -> str:
     """One request on a connection kept open until ``release``; ``ok``, ``closed`` or error.
     Appends to ``answered`` when the response arrived."""
@@ -424,7 +437,12 @@ async def test_emfile_server_keeps_serving_once_fds_free_up(server_loop: str) ->
                 assert results == ["ok"] * n, results
             assert server.proc.poll() is None
             for _ in range(3):  # and new clients are served as usual
-                assert await asyncio.to_thread(http_get, server.port) == 200
+                if server_loop == "uvloop":
+                    # libuv may still be shedding the last of the wave (accept, close): a
+                    # client that races it is reset; the next attempts must be served
+                    assert await asyncio.to_thread(http_get_retrying, server.port) == 200
+                else:
+                    assert await asyncio.to_thread(http_get, server.port) == 200
         finally:
             with contextlib.suppress(ProcessLookupError):
                 resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
