@@ -512,7 +512,10 @@ class HttpConnection(asyncio.Protocol):
             ex._drained = 0
             ex._chunks.clear()
             ex._buffered = 0
-        self._last_activity = self._loop.time()
+        self._last_activity = t = self._loop.time()
+        # idle from here (unless more is queued): the keep-alive deadline, or sooner the moment
+        # to let the worker task go; _on_timer re-checks whatever state it finds
+        self._arm(t + (_WORKER_IDLE if self._worker is not None else self.config.keepalive_timeout))
         if self._eof and not self._queue:
             self._close()
             return
@@ -616,10 +619,15 @@ class HttpConnection(asyncio.Protocol):
                     self._transport.close()  # idle keep-alive: close silently
                     return
                 deadlines.append(dl)
-                if self._worker is not None and now - self._last_activity >= _WORKER_IDLE:
-                    self._drop_worker()
-        deadlines.append(now + min(cfg.keepalive_timeout, cfg.header_timeout, 1.0) + 0.0)
-        self._arm(min(deadlines))
+                if self._worker is not None:
+                    if now - self._last_activity >= _WORKER_IDLE:
+                        self._drop_worker()
+                    else:
+                        deadlines.append(self._last_activity + _WORKER_IDLE)
+        # No periodic tick: every state change that brings a deadline arms it (_arm keeps the
+        # earliest), so an idle keep-alive connection wakes only when something is due.
+        if deadlines:
+            self._arm(min(deadlines))
 
     # --- pool and shutdown ---
     def _release(self) -> None:
