@@ -12,12 +12,14 @@ command    module                   what it does
 run        loadtest.runner          one locust scenario against a server it starts (or --target)
 bench      loadtest.bench           the side-by-side wrk comparison -> bench.md/json/png
 scaleout   loadtest.scaleout        HAProxy + two servers + locust master/2 workers on loopback
-soak       loadtest.soak            (to be added) long-running stability run
+soak       loadtest.soak            long-running stability run: server RSS and fds over time
+idlemem    loadtest.idlemem         server memory per idle keep-alive connection, side by side
 =========  =======================  ===============================================================
 
-Adding a subcommand (e.g. ``soak``): write ``loadtest/soak.py`` with ``add_arguments`` and
-``main``, and add one line to :data:`SUBCOMMANDS`. A listed module that does not exist yet is
-left out of the command line, so the ``soak`` entry is already here.
+Adding a subcommand: write ``loadtest/NAME.py`` with ``add_arguments`` and ``main``, and add one
+line to :data:`SUBCOMMANDS`. A listed module that does not exist is left out of the command line.
+(``loadtest.loopbench``, ``loadtest.staticbench`` and ``loadtest.workersbench`` run with
+``python -m``.)
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("loadtest.runner", "run a locust scenario headless and write its report"),
     "bench": ("loadtest.bench", "side-by-side benchmark with wrk: bench.md, bench.json, bench.png"),
     "scaleout": ("loadtest.scaleout", "HAProxy + 2 servers + locust master/2 workers on loopback"),
-    # soak: long-running stability run; loadtest/soak.py (another helper) provides it.
-    "soak": ("loadtest.soak", "long-running stability run"),
+    "soak": ("loadtest.soak", "long-running stability run: RSS and fds over time"),
+    "idlemem": ("loadtest.idlemem", "server memory per idle keep-alive connection, side by side"),
 }
 
 
