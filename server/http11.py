@@ -253,9 +253,10 @@ class RequestParser:
                     self._partial = b""
                 else:
                     head = self._partial = self._partial + chunk
-                # The request line's limit is checked on what we hold *before* llhttp sees it,
-                # so the answer (414) does not depend on how the head was split into reads
-                # (llhttp could otherwise report a later header's error first).
+                # The request line's and the head's limits are checked on what we hold
+                # *before* llhttp sees it, so the answer (414, 431) does not depend on how the
+                # head was split into reads (llhttp could otherwise report a later header's
+                # error, found only once the head is whole, first).
                 start = 0
                 if head[:1] in _CRLF_START:  # llhttp skips CR/LF runs before a request
                     start = len(head) - len(head.lstrip(b"\r\n"))
@@ -264,6 +265,9 @@ class RequestParser:
                     i = len(head) - (head[-1:] == b"\r")
                 if i - start > self._max_line:
                     self._fail(ProtocolError(414, "request line too long"))
+                    return n
+                if self._head_bytes > self._max_line + self._max_hsize + 4:
+                    self._fail(ProtocolError(431, "request header block too large"))
                     return n
         body_before = self._body_len
         piece = data if (pos == 0 and end == n) else memoryview(data)[pos:end]
@@ -277,12 +281,7 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             self._fail(self._error or self._map_error(exc))
             return n
-        if state == _HEAD:
-            if self._state == _HEAD and self._begun:
-                if self._head_bytes > self._max_line + self._max_hsize + 4:
-                    self._fail(ProtocolError(431, "request header block too large"))
-                    return n
-        elif state == _BODY_CHUNKED:
+        if state == _BODY_CHUNKED:
             # Framing bytes since the last CRLF: a size line with its extensions, or a trailer.
             self._framing += (end - pos) - (self._body_len - body_before)
             if self._framing > self.config.max_chunk_ext + 32:
