@@ -513,9 +513,9 @@ class HttpConnection(asyncio.Protocol):
             ex._chunks.clear()
             ex._buffered = 0
         self._last_activity = t = self._loop.time()
-        # idle from here (unless more is queued): the keep-alive deadline, or sooner the moment
-        # to let the worker task go; _on_timer re-checks whatever state it finds
-        self._arm(t + (_WORKER_IDLE if self._worker is not None else self.config.keepalive_timeout))
+        # idle from here (unless more is queued): wake when the worker task and the parser may
+        # go, or at the keep-alive deadline; _on_timer re-checks whatever state it finds
+        self._arm(t + min(_WORKER_IDLE, self.config.keepalive_timeout))
         if self._eof and not self._queue:
             self._close()
             return
@@ -619,11 +619,14 @@ class HttpConnection(asyncio.Protocol):
                     self._transport.close()  # idle keep-alive: close silently
                     return
                 deadlines.append(dl)
-                if self._worker is not None:
-                    if now - self._last_activity >= _WORKER_IDLE:
+                # idle for a while: let the worker task and the llhttp parser go (the next
+                # request makes new ones), so an idle keep-alive connection stays small
+                if now - self._last_activity >= _WORKER_IDLE:
+                    if self._worker is not None:
                         self._drop_worker()
-                    else:
-                        deadlines.append(self._last_activity + _WORKER_IDLE)
+                    self._parser.shrink()
+                else:
+                    deadlines.append(self._last_activity + _WORKER_IDLE)
         # No periodic tick: every state change that brings a deadline arms it (_arm keeps the
         # earliest), so an idle keep-alive connection wakes only when something is due.
         if deadlines:

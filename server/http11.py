@@ -146,7 +146,7 @@ class RequestParser:
         self.scheme = scheme
         self.events: list[Event] = []  # filled by feed(), emptied by the caller
         self.messages = 0  # complete messages so far
-        self._p = httptools.HttpRequestParser(self)
+        self._p: httptools.HttpRequestParser | None = None  # made by feed() when bytes come
         self._max_line = config.max_request_line
         self._max_hsize = config.max_header_size
         self._max_hcount = config.max_header_count
@@ -169,9 +169,10 @@ class RequestParser:
     def reset(
         self, *, client: tuple[str, int] | None = None, server: tuple[str, int] | None = None
     ) -> None:
-        """Make ready for a new connection (reuses the llhttp parser when it is clean)."""
+        """Make ready for a new connection (keeps the llhttp parser when it is clean, else
+        drops it: :meth:`feed` makes a fresh one when bytes arrive)."""
         if self._state != _HEAD or self._begun or self._error is not None or not self._reusable:
-            self._p = httptools.HttpRequestParser(self)
+            self._p = None
             self._reusable = True
         self.client = client
         self.server = server
@@ -182,6 +183,15 @@ class RequestParser:
         self._error = None
         self._begun = False
         self._reset_message()
+
+    def shrink(self) -> bool:
+        """Let the llhttp parser (~720 B) go while idle between messages; :meth:`feed` makes a
+        new one with the next bytes. Only a clean parser goes (nothing of a message seen, no
+        error, still accepting data), so parsing is unchanged. Returns whether it went."""
+        if self._state != _HEAD or self._begun or self._error is not None or not self._reusable:
+            return False
+        self._p = None
+        return True
 
     # --- state seen by the I/O layer ---
     @property
@@ -271,8 +281,11 @@ class RequestParser:
                     return n
         body_before = self._body_len
         piece = data if (pos == 0 and end == n) else memoryview(data)[pos:end]
+        p = self._p
+        if p is None:  # dropped while idle (shrink) or after a dirty reset
+            p = self._p = httptools.HttpRequestParser(self)
         try:
-            self._p.feed_data(piece)
+            p.feed_data(piece)
         except httptools.HttpParserUpgrade:
             # Upgrade/CONNECT: we speak only HTTP/1.1; answer this request, then close.
             self._state = _DEAD
@@ -345,7 +358,7 @@ class RequestParser:
             self._raise(413, "request body too large")
         self._cl = cl
         headers = list(fields)
-        keep_alive = self._p.should_keep_alive()
+        keep_alive = self._p.should_keep_alive()  # type: ignore[union-attr]
         if not keep_alive:
             self._reusable = False
         self.events.append(
@@ -376,7 +389,7 @@ class RequestParser:
         sp2 = line.rfind(b" ")
         version = _VERSION_NAMES.get(line[sp2 + 1 :])
         if version is None:
-            v = self._p.get_http_version()
+            v = self._p.get_http_version()  # type: ignore[union-attr]
             if v.startswith("0."):
                 self._raise(400, "HTTP/0.9 is not supported")
             self._raise(505, f"HTTP version {v} not supported")

@@ -407,6 +407,28 @@ async def test_keepalive_idle_closes_silently() -> None:
         assert await c.closed()
 
 
+async def test_keepalive_after_idle_second_parser_and_worker_released() -> None:
+    """After a second idle the connection lets its worker task and llhttp parser go; the next
+    requests (a plain one and one whose handler suspends) are parsed and answered as before."""
+    from server import connection as connection_module
+
+    async def slow(ex: Exchange) -> None:
+        await asyncio.sleep(0)  # suspends: runs on the worker task
+        await echo(ex)
+
+    async with running(slow) as port:
+        c = await Raw.open(port)
+        await c.send(get("/one"))
+        assert (await c.response()).status == 200
+        await asyncio.sleep(connection_module._WORKER_IDLE + 0.3)  # the idle time is the point
+        await c.send(
+            get("/two") + b"POST /three HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+        )
+        two, three = await c.response(), await c.response()
+        assert (two.status, three.status) == (200, 200)
+        assert b"/two" in two.body and b"/three" in three.body and b"abc" in three.body
+
+
 async def test_send_timeout_aborts_non_reader() -> None:
     outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 

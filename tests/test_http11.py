@@ -268,3 +268,31 @@ def test_chunk_frames_and_file_slices() -> None:
     head, body = error_response(400, "bad thing")
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in head
     assert body == b"bad thing\n" and b"content-length: 10\r\n" in head
+
+
+def _feed_all(p: RequestParser, data: bytes) -> None:
+    pos = 0
+    while pos < len(data):
+        pos = p.feed(data, pos)
+
+
+def test_shrink_lets_the_llhttp_parser_go_only_between_messages() -> None:
+    p = RequestParser(CFG)
+    _feed_all(p, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(p.events[0], RequestHead) and p.events[-1] is END
+    p.events.clear()
+    _feed_all(p, b"GET /b HTTP/1.1\r\nHo")  # a head in progress: the parser must stay
+    assert not p.shrink()
+    _feed_all(p, b"st: h\r\n\r\n")
+    assert p.events[0].path == "/b" and p.events[-1] is END  # type: ignore[union-attr]
+    p.events.clear()
+    assert p.shrink()  # idle between messages: it goes...
+    _feed_all(p, b"POST /c HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok")
+    head, body, end = p.events  # ...and a new one parses the next request as before
+    assert isinstance(head, RequestHead) and head.path == "/c" and body == b"ok" and end is END
+    p.events.clear()
+    _feed_all(p, b"GET /d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert not p.shrink()  # after a last message llhttp refuses more data: keep that parser
+    p.events.clear()
+    _feed_all(p, b"GET /e HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(p.events[-1], ProtocolError)
