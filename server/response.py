@@ -23,6 +23,7 @@ import asyncio
 import fcntl
 import json
 import os
+import re
 import stat
 import sys
 import termios
@@ -51,6 +52,9 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built 
 def dump_json(content: Any) -> bytes:
     """Compact UTF-8 JSON (no spaces, non-ASCII kept as is)."""
     return _ENCODER.encode(content).encode("utf-8")
+
+
+_NOT_VISIBLE = re.compile(rb"[^\x21-\x7e]")
 
 
 class Response:
@@ -550,6 +554,12 @@ class StaticFiles:
         location = head.raw_path + b"/"
         if head.query_string:
             location += b"?" + head.query_string
+        # One leading slash (``//host/`` would redirect to another site), and every byte that
+        # is not visible ASCII percent-encoded: the parser never lets such bytes in from the
+        # wire, but in-process callers can, and a header must stay valid.
+        if location.startswith(b"//"):
+            location = b"/" + location.lstrip(b"/")
+        location = _NOT_VISIBLE.sub(lambda m: b"%%%02X" % m.group()[0], location)
         exchange.respond(308, [CT_TEXT, (b"location", location)], b"")
 
     def _listing(self, exchange: Exchange, directory: str) -> None:

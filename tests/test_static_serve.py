@@ -295,6 +295,16 @@ async def test_traversal_refused(tree: tuple[Path, dict[str, bytes]], target: st
     assert b"secret" not in body.lower() and b"SECRET" not in body
 
 
+async def test_directory_redirect_stays_on_this_host(tree: tuple[Path, dict[str, bytes]]) -> None:
+    """``GET //sub`` on a root mount must not redirect to ``//sub/`` (another host)."""
+    root, _ = tree
+    app = App()
+    app.static("/", root)
+    async with live_server(app) as url:
+        status, h, _ = await afetch(url, "//sub?x=1")
+    assert status == 404 or (status == 308 and h["location"] == "/sub/?x=1"), (status, h)
+
+
 async def test_directories(tree: tuple[Path, dict[str, bytes]]) -> None:
     root, _ = tree
     async with live_server(static_app(root)) as url:
