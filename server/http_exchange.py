@@ -235,23 +235,17 @@ class HttpExchange:
             await conn._drain(self._gen)
 
     async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
-        self._check_write()
-        if self._declared is not None and self._sent + count > self._declared:
-            raise ExchangeError("body longer than the declared Content-Length")
-        self._sent += count
-        if self._head_only or count <= 0:
-            if self._pending_head is not None:
-                self._emit([])
-            return
-        self._emit([b"%x\r\n" % count] if self._chunked else [])
-        await _send_file(self._conn, self._gen, file, offset, count)
-        if self._chunked:
-            self._emit([b"\r\n"])
+        await self._send_counted(count, _send_file, file, offset)
 
     async def splice(self, pipe_fd: int, count: int) -> None:
         """Send exactly ``count`` bytes read from pipe ``pipe_fd`` (``netpoll.splice``: zero-copy
         on netpoll/Linux, read + write elsewhere). Fewer bytes (the writer closed the pipe)
         abort the connection, as a short ``sendfile`` does."""
+        await self._send_counted(count, _splice, pipe_fd)
+
+    async def _send_counted(self, count: int, send: Any, *args: Any) -> None:
+        """A body piece of exactly ``count`` bytes that ``send(conn, gen, *args, count)`` puts on
+        the socket itself (sendfile, splice): accounted and chunk-framed like ``write``."""
         self._check_write()
         if self._declared is not None and self._sent + count > self._declared:
             raise ExchangeError("body longer than the declared Content-Length")
@@ -261,7 +255,7 @@ class HttpExchange:
                 self._emit([])
             return
         self._emit([b"%x\r\n" % count] if self._chunked else [])
-        await _splice(self._conn, self._gen, pipe_fd, count)
+        await send(self._conn, self._gen, *args, count)
         if self._chunked:
             self._emit([b"\r\n"])
 
