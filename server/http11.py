@@ -120,6 +120,16 @@ _CACHE_ENTRIES = 256
 _CACHE_KEY_MAX = 2048
 _target_cache: dict[bytes, tuple[str, str, bytes, bytes, str]] = {}
 _fields_cache: dict[bytes, _Fields] = {}
+
+
+def _remember(cache: dict[bytes, Any], key: bytes, value: Any) -> None:
+    """Store a parse result of a valid ``key`` in a bounded cache (emptied when full)."""
+    if len(key) <= _CACHE_KEY_MAX:
+        if len(cache) >= _CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = value
+
+
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -333,9 +343,7 @@ class RequestParser:
         # (not only CRLF pairs), so must we, or a stray CR would become part of the method
         start = len(block) - len(block.lstrip(b"\r\n"))
         first = block.find(b"\r\n", start)
-        if first - start > self._max_line:
-            self._raise(414, "request line too long")
-        line = block[start:first]
+        line = block[start:first]  # its length was checked by feed() before llhttp saw it
         target = _target_cache.get(line) or self._target(line)
         method, path, raw_path, query, version = target
         if len(block) - first > self._max_hsize + 4:
@@ -422,10 +430,7 @@ class RequestParser:
         else:
             path = raw_path.decode("utf-8", "replace")
         out = (method, path, raw_path, query, version)
-        if len(line) <= _CACHE_KEY_MAX:
-            if len(_target_cache) >= _CACHE_ENTRIES:
-                _target_cache.clear()
-            _target_cache[line] = out
+        _remember(_target_cache, line, out)
         return out
 
     def _fields(self, tail: bytes) -> _Fields:
@@ -460,10 +465,7 @@ class RequestParser:
                 if k == b"expect" and v.lower() == b"100-continue":
                     expect = True
         out = (fields, lower.count(b"\r\nhost:"), te, cl, expect)
-        if len(tail) <= _CACHE_KEY_MAX:
-            if len(_fields_cache) >= _CACHE_ENTRIES:
-                _fields_cache.clear()
-            _fields_cache[tail] = out
+        _remember(_fields_cache, tail, out)
         return out
 
     def on_body(self, body: bytes) -> None:
