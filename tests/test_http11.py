@@ -30,10 +30,7 @@ def parse(data: bytes, config: Config = CFG, splits: list[int] | None = None) ->
     p = RequestParser(config)
     cuts = [0, *(splits or []), len(data)]
     for a, b in itertools.pairwise(cuts):
-        chunk = data[a:b]
-        pos = 0
-        while pos < len(chunk):
-            pos = p.feed(chunk, pos)
+        _feed_all(p, data[a:b])
     out: list[object] = []
     for ev in p.events:
         if type(ev) is bytes and out and type(out[-1]) is bytes:
@@ -41,6 +38,13 @@ def parse(data: bytes, config: Config = CFG, splits: list[int] | None = None) ->
         else:
             out.append(ev)
     return out
+
+
+def _feed_all(p: RequestParser, data: bytes) -> None:
+    """Feed all of ``data`` (the I/O layer's loop: feed() stops at message boundaries)."""
+    pos = 0
+    while pos < len(data):
+        pos = p.feed(data, pos)
 
 
 def error_of(data: bytes, config: Config = CFG) -> ProtocolError:
@@ -268,12 +272,6 @@ def test_chunk_frames_and_file_slices() -> None:
     head, body = error_response(400, "bad thing")
     assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in head
     assert body == b"bad thing\n" and b"content-length: 10\r\n" in head
-
-
-def _feed_all(p: RequestParser, data: bytes) -> None:
-    pos = 0
-    while pos < len(data):
-        pos = p.feed(data, pos)
 
 
 def test_shrink_lets_the_llhttp_parser_go_only_between_messages() -> None:

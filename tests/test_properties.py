@@ -17,7 +17,6 @@ Example counts are modest for CI (the file runs in a few seconds). For a longer 
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -29,10 +28,12 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: fuzz/
 
+import test_http11
+
 from fuzz import http11_fuzz
 from server.config import Config
 from server.exchange import RequestHead
-from server.http11 import END, LAST_CHUNK, ProtocolError, RequestParser, chunk_frame, response_head
+from server.http11 import END, LAST_CHUNK, ProtocolError, chunk_frame, response_head
 
 settings.register_profile(
     "ci",
@@ -139,21 +140,10 @@ def requests(draw: st.DrawFn, allow_chunked: bool = True) -> Req:
 
 
 def parse(stream: bytes, cuts: list[int]) -> list[object]:
-    """Events for ``stream`` cut at ``cuts``; adjacent body chunks joined."""
-    p = RequestParser(CONFIG)
+    """Events for ``stream`` cut at ``cuts`` (any order, repeats and out-of-range points
+    allowed); adjacent body chunks joined."""
     points = sorted({c for c in cuts if 0 < c < len(stream)})
-    for a, b in itertools.pairwise([0, *points, len(stream)]):
-        piece = stream[a:b]
-        pos = 0
-        while pos < len(piece):
-            pos = p.feed(piece, pos)
-    out: list[object] = []
-    for ev in p.events:
-        if type(ev) is bytes and out and type(out[-1]) is bytes:
-            out[-1] += ev
-        else:
-            out.append(ev)
-    return out
+    return test_http11.parse(stream, CONFIG, points)
 
 
 def as_messages(events: list[object]) -> list[tuple[RequestHead, bytes]]:
