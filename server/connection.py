@@ -336,10 +336,10 @@ class HttpConnection(asyncio.Protocol):
                 return
             worker = self._worker
             if worker is None:
-                # Created lazily, dropped after a while idle (_on_timer): an idle keep-alive
-                # connection holds no task. Not started yet: _work finds the job, if any.
+                # Created lazily, dropped after a while idle (_on_timer, armed by _retire): an
+                # idle keep-alive connection holds no task. Not started yet: _work finds the
+                # job, if any.
                 self._worker = worker = loop.create_task(self._work())
-                self._arm(loop.time() + 2 * _WORKER_IDLE)  # _on_timer lets it go when idle
             if _current_task(loop) is not None:
                 # Inside some task (e.g. a handler's receive() resumed reading): let the
                 # connection's worker task run it.
