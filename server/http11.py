@@ -120,6 +120,11 @@ _CACHE_ENTRIES = 256
 _CACHE_KEY_MAX = 2048
 _target_cache: dict[bytes, tuple[str, str, bytes, bytes, str]] = {}
 _fields_cache: dict[bytes, _Fields] = {}
+# Whole heads of body-less keep-alive requests that llhttp parsed and accepted from a clean
+# state, each with everything on_headers_complete derived from it. llhttp's verdict on the same
+# bytes from the same state is the same, so feed() answers a repeat without llhttp; the limits
+# that depend on the Config are checked on every request all the same (_Head.fits).
+_head_cache: dict[bytes, _Head] = {}
 
 
 def _remember(cache: dict[bytes, Any], key: bytes, value: Any) -> None:
@@ -133,11 +138,43 @@ def _remember(cache: dict[bytes, Any], key: bytes, value: Any) -> None:
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
+class _Head:
+    """A head in :data:`_head_cache`: the parse results and the sizes the limits apply to."""
+
+    __slots__ = ("expect", "fields", "hsize", "line", "target")
+
+    def __init__(
+        self,
+        target: tuple[str, str, bytes, bytes, str],
+        fields: tuple[tuple[bytes, bytes], ...],
+        expect: bool,
+        line: int,
+        hsize: int,
+    ) -> None:
+        self.target = target  # (method, path, raw_path, query, version)
+        self.fields = fields
+        self.expect = expect
+        self.line = line  # request line length
+        self.hsize = hsize  # header block length (CRLF before the first field to the end)
+
+    def fits(self, parser: RequestParser, size: int) -> bool:
+        """Within ``parser``'s limits (else the full path runs and answers the error)."""
+        return (
+            self.line <= parser._max_line
+            and size <= parser._max_line + parser._max_hsize + 4
+            and self.hsize <= parser._max_hsize + 4
+            and len(self.fields) <= parser._max_hcount
+        )
+
+    def __repr__(self) -> str:
+        return f"<_Head {self.target[0]} {self.target[2]!r} fields={len(self.fields)}>"
+
+
 class RequestParser:
     """Incremental request parser; see the module docstring for the feeding contract."""
 
     __slots__ = (
-        "_begun _block _body_len _cl _error _framing _head_bytes _max_body "
+        "_begun _block _body_len _cand _cl _error _framing _head_bytes _max_body "
         "_max_hcount _max_hsize _max_line _p _partial _reusable _state _tail client "
         "config events messages scheme server"
     ).split()
@@ -157,6 +194,7 @@ class RequestParser:
         self.events: list[Event] = []  # filled by feed(), emptied by the caller
         self.messages = 0  # complete messages so far
         self._p: httptools.HttpRequestParser | None = None  # made by feed() when bytes come
+        self._cand: tuple[bytes, _Head] | None = None  # a head to cache once llhttp accepted it
         self._max_line = config.max_request_line
         self._max_hsize = config.max_header_size
         self._max_hcount = config.max_header_count
@@ -188,6 +226,7 @@ class RequestParser:
         self.server = server
         self.events = []
         self.messages = 0
+        self._cand = None
         self._state = _HEAD
         self._tail = b""
         self._error = None
@@ -240,6 +279,32 @@ class RequestParser:
         n = len(data)
         if state == _DEAD or pos >= n:
             return n
+        if state == _HEAD and not self._partial and not self._tail:
+            # A whole head seen before (a keep-alive client repeats itself): no llhttp call.
+            end = data.find(_TERM, pos) + 4
+            if end >= 4:
+                hit = _head_cache.get(data if (pos == 0 and end == n) else data[pos:end])
+                if hit is not None and hit.fits(self, end - pos):
+                    method, path, raw_path, query, version = hit.target
+                    events = self.events
+                    events.append(
+                        RequestHead(
+                            method,
+                            path,
+                            raw_path,
+                            query,
+                            version,
+                            list(hit.fields),
+                            True,
+                            self.client,
+                            self.server,
+                            self.scheme,
+                            hit.expect,
+                        )
+                    )
+                    events.append(END)
+                    self.messages += 1
+                    return end
         if state == _BODY_CL:
             end = min(n, pos + self._cl - self._body_len)
         else:
@@ -300,10 +365,16 @@ class RequestParser:
             # Upgrade/CONNECT: we speak only HTTP/1.1; answer this request, then close.
             self._state = _DEAD
             self._tail = b""
+            self._cand = None
             return n
         except httptools.HttpParserError as exc:
             self._fail(self._error or self._map_error(exc))
+            self._cand = None
             return n
+        if self._cand is not None:
+            if self._state == _HEAD and self.events and self.events[-1] is END:
+                _remember(_head_cache, *self._cand)  # accepted whole, no body, kept alive
+            self._cand = None
         if state == _BODY_CHUNKED:
             # Framing bytes since the last CRLF: a size line with its extensions, or a trailer.
             self._framing += (end - pos) - (self._body_len - body_before)
@@ -369,6 +440,8 @@ class RequestParser:
         keep_alive = self._p.should_keep_alive()  # type: ignore[union-attr]
         if not keep_alive:
             self._reusable = False
+        elif cl <= 0 and not te:
+            self._cand = (block, _Head(target, fields, expect, first - start, len(tail)))
         self.events.append(
             RequestHead(
                 method,

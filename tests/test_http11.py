@@ -294,3 +294,71 @@ def test_shrink_lets_the_llhttp_parser_go_only_between_messages() -> None:
     p.events.clear()
     _feed_all(p, b"GET /e HTTP/1.1\r\nHost: h\r\n\r\n")
     assert isinstance(p.events[-1], ProtocolError)
+
+
+def _heads(events: list[object]) -> list[RequestHead]:
+    return [e for e in events if isinstance(e, RequestHead)]
+
+
+def test_repeated_head_answered_from_the_head_cache_identically() -> None:
+    from server import http11
+
+    head = b"GET /cached?q=1 HTTP/1.1\r\nHost: h\r\nX-Rep: 7\r\nExpect: 100-continue\r\n\r\n"
+    http11._head_cache.pop(head, None)
+    first = parse(head)
+    assert head in http11._head_cache  # accepted by llhttp, no body, keep-alive: cached
+    p = RequestParser(CFG, client=("10.0.0.1", 5), scheme="https")
+    p._p = None  # the cached path needs no llhttp parser at all...
+    _feed_all(p, head + head)
+    assert p._p is None and p.messages == 2  # ...and made none
+    again = _heads(p.events)
+    assert len(again) == 2 and p.events.count(END) == 2
+    for h in again:
+        assert (h.method, h.path, h.raw_path, h.query_string, h.http_version) == (
+            "GET",
+            "/cached",
+            b"/cached",
+            b"q=1",
+            "1.1",
+        )
+        assert h.headers == _heads(first)[0].headers and h.expect_continue and h.keep_alive
+        assert h.client == ("10.0.0.1", 5) and h.scheme == "https"
+    assert again[0].headers is not again[1].headers  # each request gets its own list
+    # a body after a cached head still goes through llhttp from a clean state
+    _feed_all(p, b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nok" + head)
+    assert [type(e).__name__ for e in p.events[-5:]] == [
+        "RequestHead",
+        "bytes",
+        "_End",
+        "RequestHead",
+        "_End",
+    ]
+
+
+def test_head_cache_still_applies_each_configs_limits() -> None:
+    from server import http11
+
+    head = b"GET /limits HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
+    parse(head)
+    assert head in http11._head_cache
+    assert error_of(head, Config(max_header_count=2)).status == 431
+    assert error_of(head, Config(max_request_line=10)).status == 414
+    assert error_of(head, Config(max_header_size=12)).status == 431
+    assert _heads(parse(head, Config(max_header_count=3)))[0].path == "/limits"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /close HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",  # last message
+        b"GET /ten HTTP/1.0\r\n\r\n",  # 1.0 without keep-alive
+        b"POST /body HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n",  # has a body
+        b"GET /up HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"GET /bad HTTP/1.1\r\nHost: h\r\nHost: i\r\n\r\n",  # refused
+    ],
+)
+def test_head_cache_keeps_only_plain_accepted_heads(head: bytes) -> None:
+    from server import http11
+
+    parse(head)
+    assert head not in http11._head_cache
