@@ -239,7 +239,9 @@ class HttpConnection(asyncio.Protocol):
             if self._closing and self._parsing is None:
                 pos = n  # nothing more will be answered: discard
                 break
-            if self._must_stop():
+            if (
+                self._parsing is not None or len(self._queue) >= self.config.max_pipelined
+            ) and self._must_stop():
                 self._pending = data[pos:] if pos else data
                 if not self._stopped:
                     self._stopped = True
@@ -271,12 +273,21 @@ class HttpConnection(asyncio.Protocol):
     def _on_events(self, events: list[Any]) -> None:
         queue = self._queue
         for ev in events:
-            if ev is END:
+            if type(ev) is RequestHead:
+                self._requests += 1
+                self._head_started = 0.0
+                if self._requests >= self.config.max_requests_per_connection:
+                    ev.keep_alive = False
+                ex = HttpExchange(self, ev)
+                self._parsing = ex
+                queue.append(ex)
+            elif ev is END:
                 ex = self._parsing
                 self._parsing = None
                 if ex is not None:
                     ex._done_body = True
-                    ex._wake()
+                    if ex._waiter is not None:
+                        ex._wake()
                     if not ex.head.keep_alive:
                         self._closing = True
             elif type(ev) is bytes:
@@ -289,17 +300,12 @@ class HttpConnection(asyncio.Protocol):
                         self._closing = True
                         self._close_when_idle()
                     continue
-                ex._chunks.append(ev)
+                if ex._chunks is None:
+                    ex._chunks = [ev]
+                else:
+                    ex._chunks.append(ev)
                 ex._buffered += len(ev)
                 ex._wake()
-            elif type(ev) is RequestHead:
-                self._requests += 1
-                self._head_started = 0.0
-                if self._requests >= self.config.max_requests_per_connection:
-                    ev.keep_alive = False
-                ex = HttpExchange(self, ev)
-                self._parsing = ex
-                queue.append(ex)
             else:  # ProtocolError
                 self._closing = True
                 ex = self._parsing
@@ -324,57 +330,54 @@ class HttpConnection(asyncio.Protocol):
         queue = self._queue
         loop = self._loop
         try:
-            self._dispatch_loop(queue, loop)
+            while queue and not self._busy and self._transport is not None:
+                ex = queue[0]
+                if type(ex) is _ErrorSlot:
+                    self._send_error(ex.error)
+                    return
+                worker = self._worker
+                if worker is None:
+                    # Created lazily, dropped after a while idle (_on_timer, armed by _retire): an
+                    # idle keep-alive connection holds no task. Not started yet: _work finds the
+                    # job, if any.
+                    self._worker = worker = loop.create_task(self._work())
+                if _current_task(loop) is not None:
+                    # Inside some task (e.g. a handler's receive() resumed reading): let the
+                    # connection's worker task run it.
+                    self._start_job((ex, None, None))
+                    return
+                # Run the handler's first step right here, as the worker task (so
+                # asyncio.current_task() is a real task that can be cancelled).
+                coro = self.handler(ex)
+                exc: BaseException | None = None
+                _enter_task(loop, worker)
+                try:
+                    first = coro.send(None)
+                except StopIteration:
+                    pass
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as e:
+                    exc = e
+                else:
+                    self._start_job((ex, coro, first))  # it suspended: the worker continues it
+                    return
+                finally:
+                    _leave_task(loop, worker)
+                if (
+                    exc is None
+                    and ex._ended
+                    and ex._pending_head is None
+                    and ex._gen == self._gen
+                    and self._transport is not None
+                    and not self._timed_out
+                ):
+                    del queue[0]  # the common case of _handler_done: a complete response
+                    self._retire(ex)
+                else:
+                    self._handler_done(ex, exc, False)
         finally:
             self._dispatching = False
-
-    def _dispatch_loop(self, queue: list[Any], loop: asyncio.AbstractEventLoop) -> None:
-        while queue and not self._busy and self._transport is not None:
-            ex = queue[0]
-            if isinstance(ex, _ErrorSlot):
-                self._send_error(ex.error)
-                return
-            worker = self._worker
-            if worker is None:
-                # Created lazily, dropped after a while idle (_on_timer, armed by _retire): an
-                # idle keep-alive connection holds no task. Not started yet: _work finds the
-                # job, if any.
-                self._worker = worker = loop.create_task(self._work())
-            if _current_task(loop) is not None:
-                # Inside some task (e.g. a handler's receive() resumed reading): let the
-                # connection's worker task run it.
-                self._start_job((ex, None, None))
-                return
-            # Run the handler's first step right here, as the worker task (so
-            # asyncio.current_task() is a real task that can be cancelled).
-            coro = self.handler(ex)
-            exc: BaseException | None = None
-            _enter_task(loop, worker)
-            try:
-                first = coro.send(None)
-            except StopIteration:
-                pass
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as e:
-                exc = e
-            else:
-                self._start_job((ex, coro, first))  # it suspended: the worker continues it
-                return
-            finally:
-                _leave_task(loop, worker)
-            if (
-                exc is None
-                and ex._ended
-                and ex._pending_head is None
-                and ex._gen == self._gen
-                and self._transport is not None
-                and not self._timed_out
-            ):
-                del queue[0]  # the common case of _handler_done: a complete response
-                self._retire(ex)
-            else:
-                self._handler_done(ex, exc, False)
 
     def _start_job(self, job: tuple[HttpExchange, Any, Any]) -> None:
         self._busy = True
@@ -510,7 +513,7 @@ class HttpConnection(asyncio.Protocol):
         if self._parsing is ex and not ex._done_body:
             # Unread body: drain it (counted in _on_events) before the next request.
             ex._drained = 0
-            ex._chunks.clear()
+            ex._chunks = None
             ex._buffered = 0
         self._last_activity = t = self._loop.time()
         # idle from here (unless more is queued): wake when the worker task and the parser may

@@ -68,7 +68,15 @@ class RequestHead:
     server: tuple[str, int] | None = None
     scheme: str = "http"
     expect_continue: bool = False
-    state: dict[str, object] = field(default_factory=dict)
+    _state: dict[str, object] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def state(self) -> dict[str, object]:
+        """Per-request scratch space for app layers (made on first use)."""
+        st = self._state
+        if st is None:
+            st = self._state = {}
+        return st
 
     def get_header(self, name: bytes, default: bytes | None = None) -> bytes | None:
         """First value of header ``name`` (lower-case bytes), or ``default``."""

@@ -141,7 +141,7 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PAT
 class _Head:
     """A head in :data:`_head_cache`: the parse results and the sizes the limits apply to."""
 
-    __slots__ = ("expect", "fields", "hsize", "line", "target")
+    __slots__ = ("expect", "fields", "fits_config", "hsize", "line", "target")
 
     def __init__(
         self,
@@ -156,15 +156,22 @@ class _Head:
         self.expect = expect
         self.line = line  # request line length
         self.hsize = hsize  # header block length (CRLF before the first field to the end)
+        self.fits_config: Config | None = None  # the last Config whose limits it was within
 
     def fits(self, parser: RequestParser, size: int) -> bool:
-        """Within ``parser``'s limits (else the full path runs and answers the error)."""
-        return (
+        """Within ``parser``'s limits (else the full path runs and answers the error);
+        ``size`` is the whole head's length."""
+        if parser.config is self.fits_config:
+            return True
+        if (
             self.line <= parser._max_line
             and size <= parser._max_line + parser._max_hsize + 4
             and self.hsize <= parser._max_hsize + 4
             and len(self.fields) <= parser._max_hcount
-        )
+        ):
+            self.fits_config = parser.config
+            return True
+        return False
 
     def __repr__(self) -> str:
         return f"<_Head {self.target[0]} {self.target[2]!r} fields={len(self.fields)}>"
@@ -284,7 +291,9 @@ class RequestParser:
             end = data.find(_TERM, pos) + 4
             if end >= 4:
                 hit = _head_cache.get(data if (pos == 0 and end == n) else data[pos:end])
-                if hit is not None and hit.fits(self, end - pos):
+                if hit is not None and (
+                    hit.fits_config is self.config or hit.fits(self, end - pos)
+                ):
                     method, path, raw_path, query, version = hit.target
                     events = self.events
                     events.append(

@@ -79,7 +79,7 @@ class HttpExchange:
         self.head = head
         self._conn = conn
         self._gen = conn._gen  # the connection generation this exchange belongs to
-        self._chunks: list[bytes] = []  # received, not yet consumed body chunks
+        self._chunks: list[bytes] | None = None  # received, not yet consumed body chunks
         self._buffered = 0  # bytes in _chunks
         self._done_body = False  # END seen: the body is complete
         self._body_error: ExchangeError | None = None
@@ -117,7 +117,7 @@ class HttpExchange:
         conn = self._conn
         while True:
             if self._chunks:
-                chunk = self._chunks.pop(0)
+                chunk = self._chunks.pop(0)  # type: ignore[union-attr]
                 self._buffered -= len(chunk)
                 if conn._stopped and self._buffered < _BODY_HIGH // 2:
                     conn._resume()
@@ -164,17 +164,20 @@ class HttpExchange:
         if self._started:
             raise ResponseStarted("response already started")
         conn = self._conn
+        keep = self._keep_alive
+        if keep and (conn._closing or not self._done_body):
+            keep = self._response_keep_alive()
         head, _, keep = response_head(
             status,
             headers,
             content_length=len(body),
-            keep_alive=self._response_keep_alive(),
+            keep_alive=keep,
             http10=self.head.http_version == "1.0",
             server=conn._server_line,
         )
         self._started = self._ended = True
         self._keep_alive = keep
-        if self.disconnected:
+        if conn._gen != self._gen or conn._transport is None:  # disconnected
             return
         transport = conn._transport
         assert transport is not None
