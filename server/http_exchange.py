@@ -39,6 +39,7 @@ __all__ = ["HttpExchange"]  # and, for the connection's worker: _Continue
 _BODY_HIGH = 256 * 1024  # buffered, unread request body that pauses reading
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _FILE_CHUNK = 256 * 1024  # read + write fallback of sendfile
+_JOIN_MAX = 16 * 1024  # a body up to this size leaves in one buffer with its head (one send)
 _NO_SENDFILE: tuple[type[BaseException], ...] = (
     NotImplementedError,
     asyncio.SendfileNotAvailableError,
@@ -184,8 +185,11 @@ class HttpExchange:
         if self._head_only or not body or status in (204, 304):
             transport.write(head)
         else:
-            transport.writelines([head, body])
-            self._sent = len(body)
+            n = self._sent = len(body)
+            if n <= _JOIN_MAX and type(body) is bytes:
+                transport.write(head + body)  # copying a small body beats a 2-vector sendmsg
+            else:
+                transport.writelines([head, body])
 
     def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
         if self._started:
