@@ -515,13 +515,15 @@ class HttpConnection(asyncio.Protocol):
             ex._drained = 0
             ex._chunks = None
             ex._buffered = 0
-        self._last_activity = t = self._loop.time()
-        # idle from here (unless more is queued): wake when the worker task and the parser may
-        # go, or at the keep-alive deadline; _on_timer re-checks whatever state it finds
-        self._arm(t + min(_WORKER_IDLE, self.config.keepalive_timeout))
-        if self._eof and not self._queue:
-            self._close()
-            return
+        if not self._queue:
+            self._last_activity = t = self._loop.time()
+            # idle from here: wake when the worker task and the parser may go, or at the
+            # keep-alive deadline; _on_timer re-checks whatever state it finds. (With more
+            # queued, the last of them does this when it is retired.)
+            self._arm(t + min(_WORKER_IDLE, self.config.keepalive_timeout))
+            if self._eof:
+                self._close()
+                return
         if self._stopped:
             self._resume()
 
