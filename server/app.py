@@ -189,7 +189,8 @@ class App:
         async def static_files(request: Request) -> Response:
             return files.response(request.path_params["path"])
 
-        self.router.add(base + "/{path:path}", ("GET",), static_files, name=f"static:{prefix}")
+        ep = self.router.add(base + "/{path:path}", ("GET",), static_files, name=f"static:{prefix}")
+        ep.serve = lambda exchange, params: files.serve(exchange, params["path"])
         self.on_shutdown(files.close)
         return files
 
@@ -265,6 +266,12 @@ class App:
     async def _general(self, exchange: Exchange) -> None:
         head = exchange.head
         ep, params, allow = self.router.lookup(head.method, head.path)
+        if ep is not None and ep.serve is not None and self._chain is None:
+            try:
+                await ep.serve(exchange, params)  # e.g. a static mount: no Request/Response
+            except Exception as exc:
+                await self._error(exchange, Request(exchange, params, ep), exc)
+            return
         request = Request(exchange, params, ep)
         try:
             if self._chain is not None:

@@ -30,7 +30,10 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -51,7 +54,7 @@ CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
 class Endpoint:
     """A handler bound to one path pattern and a set of methods."""
 
-    __slots__ = ("func", "max_body_size", "methods", "name", "path")
+    __slots__ = ("func", "max_body_size", "methods", "name", "path", "serve")
 
     def __init__(
         self,
@@ -66,6 +69,10 @@ class Endpoint:
         self.methods = methods  # upper-case methods this endpoint was registered for
         self.max_body_size = max_body_size  # per-route body limit (None: server-wide limit)
         self.name = name or getattr(func, "__name__", "endpoint")
+        # Optional shortcut the app takes when no middleware wraps it: answers the exchange
+        # itself from the path params, with no Request or Response object (static mounts).
+        # ``func`` stays the handler middleware sees; both must answer alike.
+        self.serve: Callable[[Exchange, dict[str, Any]], Awaitable[None]] | None = None
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name} {'|'.join(self.methods)} {self.path!r}>"

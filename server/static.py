@@ -167,29 +167,38 @@ class Fields:
     accept_encoding: bytes | None = None
 
 
+# request header -> Fields attribute; lists that may be split over lines join, others keep
+# the first (non-empty) value
+_FIELD_OF = {
+    b"range": "range",
+    b"if-range": "if_range",
+    b"if-none-match": "inm",
+    b"if-modified-since": "ims",
+    b"if-match": "if_match",
+    b"if-unmodified-since": "ius",
+    b"accept-encoding": "accept_encoding",
+}
+_JOINED = {"inm": b", ", "if_match": b", ", "accept_encoding": b","}
+NO_FIELDS = Fields()  # shared answer for requests with none of them: never mutated
+
+
 def request_fields(headers: Headers) -> Fields:
     """One pass over the request headers (names are lower-case bytes)."""
-    f = Fields()
+    f = None
+    field_of = _FIELD_OF.get
     for name, value in headers:
-        if len(name) < 5 or (name[0] != 105 and name[0] != 114 and name[0] != 97):  # i, r, a
+        attr = field_of(name)
+        if attr is None:
             continue
-        if name == b"range":
-            f.range = f.range or value
-        elif name == b"if-none-match":
-            f.inm = value if f.inm is None else f.inm + b", " + value
-        elif name == b"if-modified-since":
-            f.ims = f.ims or value
-        elif name == b"accept-encoding":
-            f.accept_encoding = (
-                value if f.accept_encoding is None else f.accept_encoding + b"," + value
-            )
-        elif name == b"if-range":
-            f.if_range = f.if_range or value
-        elif name == b"if-match":
-            f.if_match = value if f.if_match is None else f.if_match + b", " + value
-        elif name == b"if-unmodified-since":
-            f.ius = f.ius or value
-    return f
+        if f is None:
+            f = Fields()
+        old = getattr(f, attr)
+        sep = _JOINED.get(attr)
+        if sep is not None:
+            setattr(f, attr, value if old is None else old + sep + value)
+        elif not old:
+            setattr(f, attr, value)
+    return NO_FIELDS if f is None else f
 
 
 def _etag_list(value: bytes) -> list[bytes]:
@@ -401,7 +410,7 @@ def plan_response(
     if extra:
         validators.extend(extra)
     size = info.size
-    if status == 200:
+    if status == 200 and f is not NO_FIELDS:
         pre = evaluate_preconditions(method, f, info.etag, info.mtime)
         if pre is not None:
             if pre == 304:
