@@ -286,8 +286,9 @@ class RequestParser:
         n = len(data)
         if state == _DEAD or pos >= n:
             return n
-        if state == _HEAD and not self._partial and not self._tail:
+        if state == _HEAD and not self._partial and not self._tail and self._reusable:
             # A whole head seen before (a keep-alive client repeats itself): no llhttp call.
+            # Not after a last message (llhttp, in its closed state, would refuse it).
             end = data.find(_TERM, pos) + 4
             if end >= 4:
                 hit = _head_cache.get(data if (pos == 0 and end == n) else data[pos:end])

@@ -362,3 +362,18 @@ def test_head_cache_keeps_only_plain_accepted_heads(head: bytes) -> None:
 
     parse(head)
     assert head not in http11._head_cache
+
+
+def test_cached_head_after_a_last_message_is_refused_like_any_other() -> None:
+    from server import http11
+
+    head = b"GET /again HTTP/1.1\r\nHost: h\r\n\r\n"
+    parse(head)
+    assert head in http11._head_cache
+    for last in (
+        b"GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /t HTTP/1.0\r\n\r\n",
+    ):
+        events = parse(last + head)  # llhttp refuses data after a last message...
+        assert isinstance(events[-1], ProtocolError), events  # ...so must the cached path
+        assert len(_heads(events)) == 1
