@@ -23,28 +23,34 @@ httptools 0.9 accepts some framing we must refuse ourselves (DESIGN.md): size an
 on HTTP/1.0, missing or duplicate ``Host`` on HTTP/1.1, huge chunk extensions (400), versions
 other than 1.0/1.1 (505). Its lenient flags are never enabled.
 
-Responses: :func:`response_head` builds the status line and header block (``bytes``) from
-cached parts (status lines, ``Date`` recomputed at most once a second, ``Server``) after
-validating the handler's headers (CR, LF, NUL or a non-token name raise
-:class:`~server.exchange.InvalidHeader` before anything exists to be sent). Bodies are passed
-through as they are; chunked framing adds small ``bytes`` around them; a :class:`FileSlice`
-stands for a file range so the I/O layer can ``sendfile`` it. Serialisation only ever calls
-``len(chunk)``.
+A keep-alive client repeats its head byte for byte. A whole head that llhttp accepted from a
+clean state (no body, not a last message) is kept in a bounded cache with everything
+``on_headers_complete`` derived from it; a repeat in the same clean state is answered from the
+cache without llhttp (the same bytes get the same verdict), the ``Config`` limits still checked
+on every request. Request lines and header blocks have their own caches for heads that differ.
+
+Responses are built by :mod:`server.http11_response` (re-exported here).
 """
 
 from __future__ import annotations
 
-import re
-import time
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
 from .config import Config
-from .exchange import Headers, InvalidHeader, RequestHead
+from .exchange import RequestHead
+from .http11_response import (
+    LAST_CHUNK,
+    FileSlice,
+    chunk_frame,
+    date_header,
+    error_response,
+    response_head,
+    server_line,
+    status_line,
+)
 
 __all__ = [
     "END",
@@ -56,6 +62,7 @@ __all__ = [
     "date_header",
     "error_response",
     "response_head",
+    "server_line",
     "status_line",
 ]
 
@@ -87,23 +94,6 @@ class _End:
 END = _End()
 
 Event = RequestHead | bytes | _End | ProtocolError
-
-
-class FileSlice:
-    """Placeholder for ``count`` bytes of ``file`` from ``offset`` in a response buffer list."""
-
-    __slots__ = ("count", "file", "offset")
-
-    def __init__(self, file: BinaryIO, offset: int, count: int) -> None:
-        self.file = file
-        self.offset = offset
-        self.count = count  # invariant: >= 0
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __repr__(self) -> str:
-        return f"FileSlice({getattr(self.file, 'name', self.file)!r}, {self.offset}, {self.count})"
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -564,223 +554,3 @@ class RequestParser:
         self._begun = False
         self._tail = b""
         self._reset_message()
-
-
-# --- responses ----------------------------------------------------------------------------
-
-_status_lines: dict[int, bytes] = {}
-
-
-def status_line(status: int) -> bytes:
-    """``b"HTTP/1.1 200 OK\\r\\n"``, cached per status code."""
-    line = _status_lines.get(status)
-    if line is None:
-        if not 100 <= status <= 999:
-            raise InvalidHeader(f"invalid status code {status!r}")
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        line = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
-        _status_lines[status] = line
-    return line
-
-
-class _DateCache:
-    """``date: <IMF-fixdate>\\r\\n`` recomputed at most once per second."""
-
-    __slots__ = ("line", "second")
-
-    def __init__(self) -> None:
-        self.second = -1  # the integer second ``line`` was computed for
-        self.line = b""
-
-    def get(self, now: float | None = None) -> bytes:
-        sec = int(time.time() if now is None else now)
-        if sec != self.second:
-            self.second = sec
-            self.line = b"date: " + formatdate(sec, usegmt=True).encode("ascii") + b"\r\n"
-        return self.line
-
-    def __repr__(self) -> str:
-        return f"<DateCache second={self.second}>"
-
-
-_date = _DateCache()
-
-
-def date_header(now: float | None = None) -> bytes:
-    """The cached ``date`` header line (with CRLF)."""
-    return _date.get(now)
-
-
-_has_ctl = re.compile(rb"[\x00\r\n]").search
-_is_token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
-_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date", b"server"})
-_server_lines: dict[str, bytes] = {}
-_NO_BODY_STATUS = frozenset({204, 304})
-
-
-def server_line(name: str) -> bytes:
-    """Cached ``server: <name>\\r\\n`` line (empty when ``name`` is empty)."""
-    line = _server_lines.get(name)
-    if line is None:
-        value = name.encode("latin-1")
-        if _has_ctl(value):
-            raise InvalidHeader("server header contains CR, LF or NUL")
-        line = b"server: " + value + b"\r\n" if value else b""
-        _server_lines[name] = line
-    return line
-
-
-_line_cache: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
-_cl_lines = {n: b"content-length: %d\r\n" % n for n in range(1024)}
-_SPECIAL_BITS = {
-    b"content-length": 1,
-    b"transfer-encoding": 2,
-    b"connection": 4,
-    b"date": 8,
-    b"server": 16,
-}
-
-
-def _header_line(pair: tuple[bytes, bytes]) -> tuple[bytes, int]:
-    """Validate one handler header; return its wire line and special-header bits (cached)."""
-    name, value = pair
-    if _has_ctl(value) or not _is_token(name):
-        raise InvalidHeader(f"invalid response header {name!r}: {value!r}")
-    bits = _SPECIAL_BITS.get(name.lower(), 0)
-    if bits == 4 and value.lower() == b"close":
-        bits |= 32
-    out = (name + b": " + value + b"\r\n", bits)
-    if len(value) <= 256 and type(pair) is tuple:
-        if len(_line_cache) >= 4096:
-            _line_cache.clear()
-        _line_cache[pair] = out
-    return out
-
-
-def response_head(
-    status: int,
-    headers: Headers,
-    *,
-    content_length: int | None,
-    keep_alive: bool,
-    http10: bool = False,
-    server: bytes = b"",
-    date: bytes | None = None,
-) -> tuple[bytes, bool, bool]:
-    """Build a response head. Return ``(head, chunked, keep_alive)``.
-
-    ``content_length=None`` means a streamed body: chunked on HTTP/1.1, close-delimited on 1.0
-    (then ``keep_alive`` becomes False). Handler-supplied ``Content-Length``/``Transfer-Encoding``
-    /``Connection``/``Date``/``Server`` take precedence over the computed ones. Raises
-    :class:`InvalidHeader` for CR, LF or NUL in any name or value, or a non-token name.
-
-    Whole heads are cached per (status, length, keep-alive, version, server, headers) while the
-    ``Date`` line stays the same (at most one second); unhashable headers are not cached.
-    """
-    global _head_date
-    key: tuple[Any, ...] | None = None
-    if date is None:
-        date = _date.get()
-        if date is not _head_date:
-            _heads.clear()
-            _head_date = date
-        try:
-            key = (status, content_length, keep_alive, http10, server, *headers)
-            hit = _heads.get(key)
-        except TypeError:  # a list pair or a bytearray: not hashable
-            key = hit = None
-        if hit is not None:
-            return hit
-    out = _build_head(status, headers, content_length, keep_alive, http10, server, date)
-    if key is not None and len(_heads) < _HEADS_MAX:
-        _heads[key] = out
-    return out
-
-
-_heads: dict[tuple[Any, ...], tuple[bytes, bool, bool]] = {}  # see response_head
-_HEADS_MAX = 512
-_head_date = b""  # the Date line _heads was built with
-
-
-def _build_head(
-    status: int,
-    headers: Headers,
-    content_length: int | None,
-    keep_alive: bool,
-    http10: bool,
-    server: bytes,
-    date: bytes,
-) -> tuple[bytes, bool, bool]:
-    parts = [_status_lines.get(status) or status_line(status)]
-    append = parts.append
-    have = 0  # bit set: 1 content-length, 2 transfer-encoding, 4 connection, 8 date, 16 server
-    cache = _line_cache
-    for pair in headers:
-        try:
-            hit = cache.get(pair)
-        except TypeError:  # a list pair: not hashable
-            hit = None
-        if hit is None:
-            hit = _header_line(pair)
-        line, bits = hit
-        if bits:
-            have |= bits
-            if bits & 32:
-                keep_alive = False
-        append(line)
-    chunked = False
-    if status in _NO_BODY_STATUS or status < 200:
-        pass
-    elif content_length is not None:
-        if not have & 3:
-            append(_cl_lines.get(content_length) or b"content-length: %d\r\n" % content_length)
-    elif have & 2:
-        chunked = True  # the handler framed it itself; we still chunk-encode writes
-    elif have & 1:
-        pass
-    elif http10:
-        keep_alive = False
-    else:
-        chunked = True
-        append(b"transfer-encoding: chunked\r\n")
-    if not have & 8:
-        append(date)
-    if not have & 16 and server:
-        append(server)
-    if not have & 4:
-        if not keep_alive:
-            append(b"connection: close\r\n")
-        elif http10:
-            append(b"connection: keep-alive\r\n")
-    append(b"\r\n")
-    return b"".join(parts), chunked, keep_alive
-
-
-LAST_CHUNK = b"0\r\n\r\n"
-_CRLF = b"\r\n"
-
-
-def chunk_frame(data: bytes | memoryview | FileSlice) -> list[bytes | memoryview | FileSlice]:
-    """Buffers framing one chunk (empty list for empty data: an empty chunk would end the body)."""
-    n = len(data)
-    if not n:
-        return []
-    return [b"%x\r\n" % n, data, _CRLF]
-
-
-def error_response(
-    status: int, message: str, server: bytes = b"", *, keep_alive: bool = False
-) -> list[bytes]:
-    """A complete error response with a short text body (``Connection: close`` by default)."""
-    body = (message + "\n").encode("utf-8", "replace")
-    head, _, _ = response_head(
-        status,
-        [(b"content-type", b"text/plain; charset=utf-8")],
-        content_length=len(body),
-        keep_alive=keep_alive,
-        server=server,
-    )
-    return [head, body]
