@@ -128,17 +128,27 @@ def listening_port(pid: int, timeout: float = 15.0) -> int:
     raise TimeoutError(f"process {pid} did not listen within {timeout:.0f}s")
 
 
-def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> int:
-    """SIGTERM the process group of ``proc``, SIGKILL after ``grace`` seconds; its status."""
+def stop_process(
+    proc: subprocess.Popen[Any], grace: float = 10.0, *, leader_only: bool = False
+) -> int:
+    """Stop ``proc`` and everything in its process group; return its exit status.
+
+    SIGTERM goes to the whole group, or with ``leader_only`` to ``proc`` alone (a supervisor
+    that stops its own workers); after ``grace`` seconds, or with ``leader_only`` in any case
+    (workers left behind), the group gets SIGKILL. Nothing of it outlives the call.
+    """
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if leader_only:
+                proc.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    if leader_only or proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     return proc.returncode
 
 

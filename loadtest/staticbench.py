@@ -25,7 +25,6 @@ import argparse
 import os
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from loadtest.runner import stop_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -186,15 +187,7 @@ def run_wrk(
             if reqs:
                 results[path] = (rps, (c1 - c0) * 1e6 / TCK / reqs, errors)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc)
         log.close()
     return results
 
@@ -241,11 +234,7 @@ def slow_reader_check(cmd: str, env: dict[str, str], tmp: Path, requests: int = 
             f"median {statistics.median(times) * 1e3:.2f} ms, max {times[-1] * 1e3:.2f} ms"
         )
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
+        stop_process(proc)
 
 
 def main(argv: list[str] | None = None) -> int:

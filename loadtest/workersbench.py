@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.loopbench import cpu_seconds, parse_wrk, process_tree
+from loadtest.runner import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,17 +143,7 @@ class Server:
             pass
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
+        stop_process(self.proc, 15, leader_only=True)
 
 
 def wrk(port: int, path: str, a: argparse.Namespace, duration: float) -> subprocess.Popen[str]:

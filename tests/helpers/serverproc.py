@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loadtest.runner import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,19 +138,7 @@ class ServerProc:
 
     def close(self) -> None:
         """Teardown: SIGTERM, then SIGKILL the whole process group (supervisor and workers)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind, if any
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc, 10, leader_only=True)  # and SIGKILL to workers left behind
         self._reader.join(5)
 
 
