@@ -71,6 +71,22 @@ class ZeroCopyMixin:
             self._loop._remove_writer(self._sock_fd)
         self._write_waiter = None
 
+    async def sendfile_range(self, fileno: int, offset: int, count: int) -> int:
+        """netpoll extension: send ``count`` bytes of file descriptor ``fileno`` from ``offset``;
+        return the bytes sent (fewer only if the file ended early).
+
+        What ``loop.sendfile`` does on this transport, minus what a server does not need:
+        reading is not paused meanwhile (the protocol must cope with input arriving), and no
+        file position is read or moved (``fileno`` may be shared). Raises
+        :class:`asyncio.SendfileNotAvailableError` when sendfile cannot apply and nothing was
+        sent (the caller falls back to read + write).
+        """
+        if not hasattr(os, "sendfile"):
+            raise asyncio.SendfileNotAvailableError("os.sendfile is not available")
+        if count <= 0:
+            return 0
+        return await self._sendfile(fileno, offset, count, [0])
+
     async def _sendfile(
         self, fileno: int, offset: int, count: int | None, progress: list[int]
     ) -> int:

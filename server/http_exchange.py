@@ -327,7 +327,11 @@ async def _send_file(
     if transport is None or gen != conn._gen:
         raise ClientDisconnected("client disconnected")
     try:
-        sent = await loop.sendfile(transport, file, offset, count, fallback=False)
+        direct = getattr(transport, "sendfile_range", None)
+        if direct is not None:  # netpoll: no pause/resume of reading, no fstat, no seek
+            sent = await direct(file.fileno(), offset, count)
+        else:
+            sent = await loop.sendfile(transport, file, offset, count, fallback=False)
         if conn._stopped and conn._transport is not None:
             conn._transport.pause_reading()  # asyncio's sendfile resumes reading
         if sent < count:  # the file shrank while being sent: the length was promised

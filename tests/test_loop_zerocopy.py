@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,40 @@ async def test_netpoll_sendfile_any_loop(
     assert recv_until_eof(peer) == b""
     peer.close()
     del loop
+
+
+async def test_sendfile_range_keeps_reading_and_the_file_position(
+    data_file: tuple[Path, bytes],
+) -> None:
+    """netpoll's ``transport.sendfile_range``: the range arrives byte for byte, input that
+    arrives meanwhile is delivered (reading is never paused), the fd's offset is untouched."""
+    if not is_netpoll(asyncio.get_running_loop()):
+        pytest.skip("a netpoll transport extension")
+    path, payload = data_file
+    transport, proto, peer = await connect(Recorder)
+    # small buffers both ways: the body cannot all be in flight before the client reads
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    offset, count = 12345, 2 * (1 << 20) + 7
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sending = asyncio.ensure_future(transport.sendfile_range(fd, offset, count))
+        peer.sendall(b"meanwhile")  # the client talks while the body is on its way
+        while not proto.data.endswith(b"meanwhile"):
+            proto.got_data.clear()
+            await asyncio.wait_for(proto.got_data.wait(), 10)
+        assert not sending.done() and transport.is_reading()
+        reader = asyncio.ensure_future(asyncio.to_thread(recv_exactly, peer, count))
+        assert await asyncio.wait_for(sending, 30) == count
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+        assert await transport.sendfile_range(fd, 0, 0) == 0
+    finally:
+        os.close(fd)
+    got = await asyncio.wait_for(reader, 30)
+    assert digest(got) == digest(payload[offset : offset + count])
+    transport.close()
+    await asyncio.wait_for(proto.lost, 10)
+    peer.close()
 
 
 def _feed_pipe(fd: int, data: bytes) -> threading.Thread:
