@@ -521,3 +521,30 @@ def test_cli_plain_file_server_subprocess(tree: tuple[Path, dict[str, bytes]]) -
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize("middleware", [False, True])
+async def test_mount_answers_alike_with_and_without_middleware(
+    tree: tuple[Path, dict[str, bytes]], middleware: bool
+) -> None:
+    """Without middleware a mount answers the exchange directly (no Request/Response); with
+    one, the request goes through it. Same bodies, ranges and errors either way."""
+    root, files = tree
+    app = static_app(root)
+    if middleware:
+
+        @app.middleware
+        async def tag(request: Request, call_next: Callable[[Request], Any]) -> Response:
+            response = await call_next(request)
+            response.headers["x-seen"] = request.path
+            return response
+
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/s/big.bin")
+        assert r.status_code == 200 and r.content == files["big.bin"]
+        assert r.headers.get("x-seen") == ("/s/big.bin" if middleware else None)
+        r = await c.get("/s/big.bin", headers={"range": "bytes=10-19"})
+        assert r.status_code == 206 and r.content == files["big.bin"][10:20]
+        assert (await c.get("/s/../secret.txt")).status_code in (400, 404)
+        assert (await c.get("/s/missing.txt")).status_code == 404
+        assert (await c.post("/s/small.txt")).status_code == 405
