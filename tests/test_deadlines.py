@@ -38,19 +38,20 @@ async def test_fires_in_order_never_early_and_earliest_wins() -> None:
     fired: list[tuple[str, float]] = []
     done = loop.create_future()
     t0 = loop.time()
+    # 0.1 s apart: never in the same 50 ms bucket (within one, the order is arrival order)
     a, b, c, d = (Item(n, fired) for n in "abcd")
     last = Item("last", fired, lambda _: done.set_result(None))
-    wheel.schedule(b, t0 + 0.15)
+    wheel.schedule(b, t0 + 0.35)
     wheel.schedule(a, t0 + 0.05)
-    wheel.schedule(c, t0 + 0.10)
+    wheel.schedule(c, t0 + 0.15)
     wheel.schedule(c, t0 + 5.0)  # later: ignored, the earlier deadline stays
     wheel.schedule(d, t0 + 5.0)
-    wheel.schedule(d, t0 + 0.12)  # earlier: moves
-    wheel.schedule(last, t0 + 0.25)
+    wheel.schedule(d, t0 + 0.25)  # earlier: moves
+    wheel.schedule(last, t0 + 0.45)
     assert "buckets=" in repr(wheel)
     await asyncio.wait_for(done, 5)
     assert [n for n, _ in fired] == ["a", "c", "d", "b", "last"]
-    wanted = {"a": 0.05, "b": 0.15, "c": 0.10, "d": 0.12, "last": 0.25}
+    wanted = {"a": 0.05, "b": 0.35, "c": 0.15, "d": 0.25, "last": 0.45}
     for name, at in fired:
         assert at >= t0 + wanted[name]
     assert a._dl_bucket is None and a._dl_next is None
