@@ -586,7 +586,9 @@ class HttpConnection(asyncio.Protocol):
     def _arm(self, when: float) -> None:
         """Make ``_on_timer`` run at ``when`` unless it is due earlier already."""
         if self._transport is not None:
-            self._wheel.schedule(self, when)  # type: ignore[union-attr]
+            bucket = self._dl_bucket
+            if bucket is None or when < bucket.start:  # (else no earlier: nothing to do)
+                self._wheel.schedule(self, when)  # type: ignore[union-attr]
 
     def _on_timer(self) -> None:
         if self._transport is None:

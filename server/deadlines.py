@@ -20,7 +20,8 @@ later tick). A bucket emptied by cancellations stays until its tick (one spuriou
 most), so an idle connection costs no CPU between its deadlines and there is no periodic tick.
 
 "Earliest deadline wins": :meth:`schedule` moves an item only to an earlier tick; a later
-deadline is ignored (the item's ``_on_timer`` re-arms when the earlier one fires).
+deadline is ignored (the item's ``_on_timer`` re-arms when the earlier one fires). Callers on a
+hot path may skip the call when ``when >= item._dl_bucket.start`` (no move can result).
 
 Items must define the slots ``_dl_prev``, ``_dl_next`` (``None`` when not scheduled) and
 ``_dl_bucket``, and a method ``_on_timer()``.
@@ -49,10 +50,13 @@ class _Item(Protocol):
 class _Bucket:
     """The sentinel node of one tick's circular list."""
 
-    __slots__ = ("_dl_next", "_dl_prev", "tick")
+    __slots__ = ("_dl_next", "_dl_prev", "start", "tick")
 
     def __init__(self, tick: int) -> None:
         self.tick = tick
+        # deadlines from here on go to this tick or a later one: an item in this bucket need
+        # not move for them (the caller's cheap check before schedule(), see the module doc)
+        self.start = (tick - 1) * TICK
         self._dl_prev: Any = self
         self._dl_next: Any = self
 
