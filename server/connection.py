@@ -26,7 +26,8 @@ completes without suspending costs no loop round trip and no Task. One that susp
 to the worker, which resumes it through :class:`_Continue` (exactly what ``await`` would have
 done, cancellation included) and then runs queued pipelined requests itself. The worker is
 created with the connection's first request and let go after ``_WORKER_IDLE`` seconds without
-one, so an idle keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
+one (at the next deadline tick after the first request: :func:`_idle_window`), so an idle
+keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
 
 Timeouts use one lazy deadline per connection: activity only stores a timestamp; the deadline is
 the earliest instant a timeout may expire, and when it comes ``_on_timer`` re-checks the state
@@ -66,6 +67,15 @@ _WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task
 _current_task = asyncio.current_task
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
+
+
+def _idle_window(requests: int) -> float:
+    """Seconds idle after which a connection lets its worker task and llhttp parser go: at the
+    next deadline tick after its first request (most connections that served one request stay
+    idle: that is where idle memory piles up when many arrive at once), ``_WORKER_IDLE`` once it
+    has served more (so a busy keep-alive connection keeps them; re-making them costs at most
+    once per connection)."""
+    return _WORKER_IDLE if requests > 1 else 0.0
 
 
 class _ErrorSlot:
@@ -527,7 +537,7 @@ class HttpConnection(asyncio.Protocol):
         self._last_activity = t = self._loop.time()
         # idle from here (unless more is queued): wake when the worker task and the parser may
         # go, or at the keep-alive deadline; _on_timer re-checks whatever state it finds
-        self._arm(t + min(_WORKER_IDLE, self.config.keepalive_timeout))
+        self._arm(t + min(_idle_window(self._requests), self.config.keepalive_timeout))
         if self._eof and not self._queue:
             self._close()
             return
@@ -630,12 +640,13 @@ class HttpConnection(asyncio.Protocol):
                 deadlines.append(dl)
                 # idle for a while: let the worker task and the llhttp parser go (the next
                 # request makes new ones), so an idle keep-alive connection stays small
-                if now - self._last_activity >= _WORKER_IDLE:
+                idle_for = _idle_window(self._requests)
+                if now - self._last_activity >= idle_for:
                     if self._worker is not None:
                         self._drop_worker()
                     self._parser.shrink()
                 else:
-                    deadlines.append(self._last_activity + _WORKER_IDLE)
+                    deadlines.append(self._last_activity + idle_for)
         # No periodic tick: every state change that brings a deadline arms it (_arm keeps the
         # earliest), so an idle keep-alive connection wakes only when something is due.
         if deadlines:

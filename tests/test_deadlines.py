@@ -8,6 +8,7 @@ from typing import Any
 from test_connection import Raw, echo, get, running
 
 from server.deadlines import DeadlineWheel
+from server.exchange import Exchange
 
 
 class Item:
@@ -125,3 +126,28 @@ async def test_many_idle_connections_share_the_wheel_and_close() -> None:
         for c in idle:
             await c.close()
         await busy.close()
+
+
+async def test_one_request_connection_lets_its_worker_go_at_the_next_tick() -> None:
+    """A connection that served one request and went idle ends its worker task within a few
+    deadline ticks (not after a second); the next requests are answered as before."""
+    workers: list[asyncio.Task[Any]] = []
+
+    async def slow(ex: Exchange) -> None:
+        await asyncio.sleep(0)  # suspends: runs on the worker task
+        task = asyncio.current_task()
+        assert task is not None
+        workers.append(task)
+        await echo(ex)
+
+    async with running(slow) as port:
+        c = await Raw.open(port)
+        await c.send(get("/one"))
+        assert (await c.response()).status == 200
+        done, _ = await asyncio.wait(workers, timeout=0.6)  # the default idle window is 1 s
+        assert done == {workers[0]}
+        await c.send(get("/two") + get("/three"))
+        two, three = await c.response(), await c.response()
+        assert (two.status, three.status) == (200, 200)
+        assert b"/two" in two.body and b"/three" in three.body
+        await c.close()
