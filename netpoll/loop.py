@@ -55,6 +55,7 @@ _ACCEPT_BACKOFF_MIN = 0.005
 _ACCEPT_BACKOFF_MAX = 1.0
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _NAMES_MAX = 256  # distinct addresses kept by Loop._shared_name
+_on_readable = SocketTransport._on_readable
 
 # Server._attach/_detach take the transport on 3.13+ (and late 3.12 patch releases)
 _ATTACH_TAKES_TRANSPORT = len(inspect.signature(base_events.Server._attach).parameters) > 1
@@ -196,7 +197,7 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
                     # a netpoll transport: run now, in its own context (it handles its errors)
                     t = sockets.get(fd)
                     if t is not None:
-                        t._context.run(t._on_readable)
+                        t._context.run(_on_readable, t)  # (no bound method per event)
                     if writer is None:
                         continue
                     key = keys.get(fd)  # the reader may have closed or re-registered fd

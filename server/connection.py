@@ -537,7 +537,8 @@ class HttpConnection(asyncio.Protocol):
         self._last_activity = t = self._loop.time()
         # idle from here (unless more is queued): wake when the worker task and the parser may
         # go, or at the keep-alive deadline; _on_timer re-checks whatever state it finds
-        self._arm(t + min(_idle_window(self._requests), self.config.keepalive_timeout))
+        idle_for = _WORKER_IDLE if self._requests > 1 else 0.0  # _idle_window(), inlined
+        self._arm(t + min(idle_for, self.config.keepalive_timeout))
         if self._eof and not self._queue:
             self._close()
             return
