@@ -10,9 +10,10 @@ SSL/``start_tls``, DNS, executors, ``sock_*``) is asyncio's own code. What we re
   (:mod:`netpoll.pollers`);
 * one loop turn (``_run_once``): flush the transports written to during the previous turn
   (one ``sendmsg`` each), poll, run I/O callbacks, expire timers, run the ready queue.
-  Readiness for netpoll's own transports and listening sockets is dispatched straight to their
-  bound methods (:class:`~netpoll.transport.IOHandle`, created when the fd is registered, never
-  per event); ``add_reader``/``add_writer`` callbacks of user code go through the ready queue
+  Readiness for netpoll's own transports and listening sockets is dispatched straight to them:
+  a transport's reader is the shared :data:`~netpoll.transport.SOCKET_READER` and the transport
+  is found by fd in ``_sockets``; listeners and writers have an
+  :class:`~netpoll.transport.IOHandle` made when the fd is registered (never per event); ``add_reader``/``add_writer`` callbacks of user code go through the ready queue
   exactly as in asyncio. In debug mode everything goes through the queue so slow callbacks are
   timed and reported;
 * socket transports (:class:`~netpoll.transport.SocketTransport`), used for TCP and Unix stream
@@ -39,7 +40,7 @@ from typing import Any
 
 from . import pollers
 from .selector import PollerSelector
-from .transport import IOHandle, SocketTransport
+from .transport import READING, SOCKET_READER, IOHandle, SocketTransport
 
 logger = logging.getLogger("netpoll")
 
@@ -53,6 +54,8 @@ _RBUF_SIZE = 256 * 1024  # the shared receive buffer for plain Protocols
 _ACCEPT_BACKOFF_MIN = 0.005
 _ACCEPT_BACKOFF_MAX = 1.0
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_NAMES_MAX = 256  # distinct addresses kept by Loop._shared_name
+_on_readable = SocketTransport._on_readable
 
 # Server._attach/_detach take the transport on 3.13+ (and late 3.12 patch releases)
 _ATTACH_TAKES_TRANSPORT = len(inspect.signature(base_events.Server._attach).parameters) > 1
@@ -86,6 +89,10 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         self._rbuf = bytearray(_RBUF_SIZE)
         self._rview = memoryview(self._rbuf)
         self._accept_delay: dict[int, float] = {}  # listening fd -> current back-off
+        # fd -> open netpoll socket transport; it removes itself when it closes. asyncio's own
+        # transports (datagram) stay in the inherited weak ``_transports``.
+        self._sockets: dict[int, SocketTransport] = {}
+        self._names: dict[Any, Any] = {}  # address -> the one shared equal object (bounded)
         for name in _STAT_NAMES:
             setattr(self, "_st_" + name, 0)
         super().__init__(PollerSelector(self._poller))
@@ -170,6 +177,7 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         self._st_polls += 1  # type: ignore[attr-defined]
         self._st_events += len(event_list)  # type: ignore[attr-defined]
         keys = self._selector.keys  # type: ignore[attr-defined]
+        sockets = self._sockets
         read_bits = self._poller.READ
         write_bits = self._poller.WRITE
         queue = self._ready.append
@@ -184,7 +192,19 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             if key is None:
                 continue
             reader, writer = key.data
-            if reader is not None and mask & read_bits:
+            if reader is SOCKET_READER:
+                if mask & read_bits:
+                    # a netpoll transport: run now, in its own context (it handles its errors)
+                    t = sockets.get(fd)
+                    if t is not None:
+                        t._context.run(_on_readable, t)  # (no bound method per event)
+                    if writer is None:
+                        continue
+                    key = keys.get(fd)  # the reader may have closed or re-registered fd
+                    if key is None:
+                        continue
+                    writer = key.data[1]
+            elif reader is not None and mask & read_bits:
                 if reader.__class__ is IOHandle and not reader._cancelled:
                     # netpoll's own transports and listeners: run now, no queue round trip.
                     # Their callbacks handle their own errors (as asyncio's transports do).
@@ -209,6 +229,9 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
     def _queue_io(self, fd: int, mask: int, data: Any, read_bits: int, write_bits: int) -> None:
         reader, writer = data
+        if reader is SOCKET_READER:
+            t = self._sockets.get(fd)
+            reader = None if t is None else asyncio.Handle(_read_if_reading, (t,), self, t._context)
         for handle, bits, remove in (
             (reader, read_bits, self._remove_reader),
             (writer, write_bits, self._remove_writer),
@@ -268,6 +291,39 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             old = writer
         if old is not None:
             old.cancel()
+
+    def _add_socket_reader(self, fd: int) -> None:
+        """Register the reader of the netpoll transport on ``fd`` (see ``_dispatch``)."""
+        sel: PollerSelector = self._selector  # type: ignore[assignment]
+        key = sel.keys.get(fd)
+        if key is None:
+            sel.register(fd, _READ, READING)
+            return
+        reader, writer = key.data
+        sel.modify(fd, key.events | _READ, READING if writer is None else (SOCKET_READER, writer))
+        if reader is not None:
+            reader.cancel()
+
+    def _ensure_fd_no_transport(self, fd: Any) -> None:
+        super()._ensure_fd_no_transport(fd)  # asyncio's transports; validates ``fd``
+        fileno = fd if isinstance(fd, int) else int(fd.fileno())
+        transport = self._sockets.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
+    def _shared_name(self, value: Any) -> Any:
+        """``value`` or an equal object seen before: the accepted connections of one listener
+        share one sockname tuple, and the peers on one host one host string."""
+        names = self._names
+        try:
+            got = names.get(value)
+        except TypeError:  # unhashable: keep as is
+            return value
+        if got is None:
+            if len(names) >= _NAMES_MAX:
+                names.clear()
+            names[value] = got = value
+        return got
 
     async def _wait_fd_readable(self, fd: int) -> None:
         fut = self.create_future()
@@ -393,15 +449,14 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             self._accept_delay.pop(lfd, None)
             self._st_accepts += 1  # type: ignore[attr-defined]
             conn.setblocking(False)
-            extra = {"peername": addr}
             if sslcontext is None:
-                self._connect_accepted(protocol_factory, conn, extra, server)
+                self._connect_accepted(protocol_factory, conn, addr, server)
             else:
                 self.create_task(
                     self._accept_connection2(
                         protocol_factory,
                         conn,
-                        extra,
+                        {"peername": addr},
                         sslcontext,
                         server,
                         ssl_handshake_timeout,
@@ -437,14 +492,15 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         conn: socket.socket,
-        extra: dict[str, Any],
+        addr: Any,
         server: Any,
     ) -> None:
         """Plain TCP/Unix: build protocol and transport synchronously (no Task)."""
         protocol = None
         try:
             protocol = protocol_factory()
-            self._make_socket_transport(conn, protocol, extra=extra, server=server)
+            self._ensure_fd_no_transport(conn)
+            SocketTransport(self, conn, protocol, server=server, peername=addr)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -494,11 +550,16 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         if self.is_closed():
             return
         # asyncio leaves open transports' sockets to the garbage collector; we free them now
-        for transport in list(self._transports.values()):
-            if isinstance(transport, SocketTransport):
-                transport._release_on_loop_close()
+        for transport in list(self._sockets.values()):
+            transport._release_on_loop_close()
         self._dirty.clear()
         super().close()
+
+
+def _read_if_reading(t: SocketTransport) -> None:
+    """Debug mode's queued read: the transport may have paused or closed since the poll."""
+    if not t._paused and not t._closing:
+        t._on_readable()
 
 
 def _check_sendfile_args(file: Any, offset: Any, count: Any) -> None:

@@ -26,12 +26,16 @@ completes without suspending costs no loop round trip and no Task. One that susp
 to the worker, which resumes it through :class:`_Continue` (exactly what ``await`` would have
 done, cancellation included) and then runs queued pipelined requests itself. The worker is
 created with the connection's first request and let go after ``_WORKER_IDLE`` seconds without
-one, so an idle keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
+one (at the next deadline tick after the first request: :func:`_idle_window`), so an idle
+keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
 
-Timeouts use one lazy timer per connection: activity only stores a timestamp; the timer wakes at
-the earliest possible deadline, re-checks the state and re-arms. Header deadline (whole head)
--> 408 and close; keep-alive idle -> close silently; body idle -> 408; a client not reading for
-``send_timeout`` -> abort.
+Timeouts use one lazy deadline per connection: activity only stores a timestamp; the deadline is
+the earliest instant a timeout may expire, and when it comes ``_on_timer`` re-checks the state
+and arms the next one. Header deadline (whole head) -> 408 and close; keep-alive idle -> close
+silently; body idle -> 408; a client not reading for ``send_timeout`` -> abort. Deadlines are
+places in the pool's :class:`~server.deadlines.DeadlineWheel` (one loop timer for all
+connections, at most ``TICK`` = 50 ms late), not a ``TimerHandle`` each: that is ~260 bytes less
+per idle connection.
 
 Connection objects are reused through :class:`server.pool.ConnectionPool`: ``connection_lost``
 resets the object and returns it to the pool; a generation number makes a stale exchange held
@@ -46,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from .compat import guard_writelines
 from .config import Config
+from .deadlines import DeadlineWheel
 from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
 from .http11 import END, ProtocolError, RequestParser, error_response, server_line
 from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Continue, _Disconnected
@@ -64,6 +69,15 @@ _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 
 
+def _idle_window(requests: int) -> float:
+    """Seconds idle after which a connection lets its worker task and llhttp parser go: at the
+    next deadline tick after its first request (most connections that served one request stay
+    idle: that is where idle memory piles up when many arrive at once), ``_WORKER_IDLE`` once it
+    has served more (so a busy keep-alive connection keeps them; re-making them costs at most
+    once per connection)."""
+    return _WORKER_IDLE if requests > 1 else 0.0
+
+
 class _ErrorSlot:
     """A queue entry standing for a protocol error to answer in turn, then close."""
 
@@ -80,10 +94,10 @@ class HttpConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     __slots__ = (
-        "_body_wait_since _busy _closing _dispatching _drain_waiters _eof _gen "
-        "_head_started _job _job_id _last_activity _lingering _loop _parser _parsing "
-        "_pending _queue _requests _server_line _shutdown _stopped _timed_out _timer "
-        "_timer_when _transport _wake _worker _write_paused _write_paused_at config "
+        "_body_wait_since _busy _closing _dispatching _dl_bucket _dl_next _dl_prev "
+        "_drain_waiters _eof _gen _head_started _job _job_id _last_activity _lingering _loop "
+        "_parser _parsing _pending _queue _requests _server_line _shutdown _stopped "
+        "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
         "handler pool scheme"
     ).split()
 
@@ -103,8 +117,11 @@ class HttpConnection(asyncio.Protocol):
         self._parser = RequestParser(config, scheme=scheme)
         self._gen = 0  # incremented on every reuse
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = 0.0
+        self._wheel: DeadlineWheel | None = None  # the pool's (per loop), set by connection_made
+        # the pending deadline: a place in one of _wheel's buckets (all None when there is none)
+        self._dl_bucket: Any = None
+        self._dl_prev: Any = None
+        self._dl_next: Any = None
         self._worker: asyncio.Task[None] | None = None  # created lazily, see _work
         self._init_state()
 
@@ -122,7 +139,7 @@ class HttpConnection(asyncio.Protocol):
         self._eof = False  # client half-closed
         self._write_paused = False
         self._write_paused_at = 0.0
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None  # made by _drain
         self._requests = 0
         self._last_activity = 0.0
         self._head_started = 0.0
@@ -151,6 +168,10 @@ class HttpConnection(asyncio.Protocol):
             client=tuple(peer[:2]) if isinstance(peer, tuple) else None,
             server=tuple(sock[:2]) if isinstance(sock, tuple) else None,
         )
+        wheel = self._wheel
+        if wheel is None or wheel.loop is not loop:
+            pool = self.pool
+            self._wheel = pool.wheel(loop) if pool is not None else DeadlineWheel(loop)
         self._last_activity = now = loop.time()
         cfg = self.config
         self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
@@ -185,14 +206,14 @@ class HttpConnection(asyncio.Protocol):
                 if ex._waiter is not None and not ex._waiter.done():
                     woken = True
                 ex._wake()
-        for w in self._drain_waiters:
-            if not w.done():
-                w.set_result(None)  # _drain raises a fresh ClientDisconnected: no cycle
-                woken = True
-        self._drain_waiters.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        waiters, self._drain_waiters = self._drain_waiters, None
+        if waiters:
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)  # _drain raises a fresh ClientDisconnected: no cycle
+                    woken = True
+        if self._dl_bucket is not None:
+            self._wheel.cancel(self)  # type: ignore[union-attr]
         worker = self._worker
         if worker is None or worker.done():
             self._release()
@@ -213,10 +234,11 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        waiters, self._drain_waiters = self._drain_waiters, None
+        if waiters:
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
 
     # --- feeding ---
     def _must_stop(self) -> bool:
@@ -520,7 +542,8 @@ class HttpConnection(asyncio.Protocol):
             # idle from here: wake when the worker task and the parser may go, or at the
             # keep-alive deadline; _on_timer re-checks whatever state it finds. (With more
             # queued, the last of them does this when it is retired.)
-            self._arm(t + min(_WORKER_IDLE, self.config.keepalive_timeout))
+            idle_for = _WORKER_IDLE if self._requests > 1 else 0.0  # _idle_window(), inlined
+            self._arm(t + min(idle_for, self.config.keepalive_timeout))
             if self._eof:
                 self._close()
                 return
@@ -568,6 +591,8 @@ class HttpConnection(asyncio.Protocol):
         if gen != self._gen or self._transport is None:
             raise ClientDisconnected("client disconnected")
         w = self._loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []  # made here, not per connection: most never wait
         self._drain_waiters.append(w)
         await w
         if gen != self._gen or self._transport is None:
@@ -575,18 +600,13 @@ class HttpConnection(asyncio.Protocol):
 
     # --- timers ---
     def _arm(self, when: float) -> None:
-        if self._transport is None:
-            return
-        timer = self._timer
-        if timer is not None:
-            if self._timer_when <= when:
-                return
-            timer.cancel()
-        self._timer_when = when
-        self._timer = self._loop.call_at(when, self._on_timer)
+        """Make ``_on_timer`` run at ``when`` unless it is due earlier already."""
+        if self._transport is not None:
+            bucket = self._dl_bucket
+            if bucket is None or when < bucket.start:  # (else no earlier: nothing to do)
+                self._wheel.schedule(self, when)  # type: ignore[union-attr]
 
     def _on_timer(self) -> None:
-        self._timer = None
         if self._transport is None:
             return
         if self._lingering:
@@ -626,12 +646,13 @@ class HttpConnection(asyncio.Protocol):
                 deadlines.append(dl)
                 # idle for a while: let the worker task and the llhttp parser go (the next
                 # request makes new ones), so an idle keep-alive connection stays small
-                if now - self._last_activity >= _WORKER_IDLE:
+                idle_for = _idle_window(self._requests)
+                if now - self._last_activity >= idle_for:
                     if self._worker is not None:
                         self._drop_worker()
                     self._parser.shrink()
                 else:
-                    deadlines.append(self._last_activity + _WORKER_IDLE)
+                    deadlines.append(self._last_activity + idle_for)
         # No periodic tick: every state change that brings a deadline arms it (_arm keeps the
         # earliest), so an idle keep-alive connection wakes only when something is due.
         if deadlines:
@@ -639,9 +660,8 @@ class HttpConnection(asyncio.Protocol):
 
     # --- pool and shutdown ---
     def _release(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._dl_bucket is not None:
+            self._wheel.cancel(self)  # type: ignore[union-attr]
         self._gen += 1
         self._init_state()
         if self.pool is not None:

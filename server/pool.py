@@ -34,6 +34,7 @@ from collections import deque
 
 from .config import Config
 from .connection import HttpConnection
+from .deadlines import DeadlineWheel
 from .exchange import AppHandler
 from .http11 import error_response, server_line
 
@@ -126,6 +127,7 @@ class ConnectionPool:
         self.refused = 0  # sockets answered 503
         self._closed = False  # shutting down: no new connections
         self._empty: asyncio.Event | None = None
+        self._wheel: DeadlineWheel | None = None  # the connections' deadlines (one loop)
 
     def __repr__(self) -> str:
         return (
@@ -133,6 +135,13 @@ class ConnectionPool:
             f"held={len(self._held)} max={self.max} created={self.created} "
             f"reused={self.reused} refused={self.refused}>"
         )
+
+    def wheel(self, loop: asyncio.AbstractEventLoop) -> DeadlineWheel:
+        """The deadline wheel the connections share on ``loop``."""
+        wheel = self._wheel
+        if wheel is None or wheel.loop is not loop:
+            wheel = self._wheel = DeadlineWheel(loop)
+        return wheel
 
     @property
     def held(self) -> int:
