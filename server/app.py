@@ -237,6 +237,8 @@ class App:
                         result = await ep.func(request)
                         if type(result) is str:
                             exchange.respond(200, [CT_TEXT], result.encode())
+                        elif type(result) is dict:
+                            exchange.respond(200, [CT_JSON], dump_json(result))
                         else:
                             await self._send(exchange, result)
                     except Exception as exc:

@@ -604,3 +604,28 @@ async def test_e2e_errors_and_disconnect(caplog: pytest.LogCaptureFixture) -> No
             await asyncio.wait_for(stopped.wait(), 10)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "kaboom" in str(errors[0].exc_info[1]), errors
+
+
+def test_dump_json_matches_json_dumps() -> None:
+    """dump_json builds json's C encoder itself: same bytes as json.dumps, same errors."""
+    import json
+
+    from server.response import dump_json
+
+    values: list[object] = [
+        {"message": "Hello, World!"},
+        [1, 2.5, None, True, False, -0.0, 10**30],
+        'é\u2028\x00"\\',
+        {"a": {"b": [{"c": "ü"}]}, 1: "int key", None: "n"},
+        [float("nan"), float("inf")],
+        {},
+        "",
+    ]
+    for v in values:
+        assert dump_json(v) == json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode()
+    with pytest.raises(TypeError):
+        dump_json({"s": {1, 2}})
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular"):
+        dump_json(loop)
