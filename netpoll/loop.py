@@ -192,33 +192,27 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
             if key is None:
                 continue
             reader, writer = key.data
-            if reader is SOCKET_READER:
-                if mask & read_bits:
-                    # a netpoll transport: run now, in its own context (it handles its errors)
+            if reader is not None and mask & read_bits:
+                # netpoll's own readers run now, no queue round trip; they handle their own
+                # errors (as asyncio's transports do)
+                ran = True
+                if reader is SOCKET_READER:  # a transport: in its own context
                     t = sockets.get(fd)
                     if t is not None:
                         t._context.run(_on_readable, t)  # (no bound method per event)
-                    if writer is None:
-                        continue
-                    key = keys.get(fd)  # the reader may have closed or re-registered fd
-                    if key is None:
-                        continue
-                    writer = key.data[1]
-            elif reader is not None and mask & read_bits:
-                if reader.__class__ is IOHandle and not reader._cancelled:
-                    # netpoll's own transports and listeners: run now, no queue round trip.
-                    # Their callbacks handle their own errors (as asyncio's transports do).
+                elif reader.__class__ is IOHandle and not reader._cancelled:  # a listener
                     reader._context.run(reader._callback)
-                    if writer is None:
-                        continue
+                else:
+                    ran = False
+                    if reader._cancelled:
+                        self._remove_reader(fd)
+                    else:
+                        queue(reader)
+                if ran and writer is not None:
                     key = keys.get(fd)  # the reader may have closed or re-registered fd
                     if key is None:
                         continue
                     writer = key.data[1]
-                elif reader._cancelled:
-                    self._remove_reader(fd)
-                else:
-                    queue(reader)
             if writer is not None and mask & write_bits:
                 if writer.__class__ is IOHandle and not writer._cancelled:
                     writer._context.run(writer._callback)
