@@ -150,9 +150,8 @@ class _Head:
 
     def fits(self, parser: RequestParser, size: int) -> bool:
         """Within ``parser``'s limits (else the full path runs and answers the error);
-        ``size`` is the whole head's length."""
-        if parser.config is self.fits_config:
-            return True
+        ``size`` is the whole head's length. Remembers the Config that passed: the caller
+        compares ``fits_config`` first and calls this only for another one."""
         if (
             self.line <= parser._max_line
             and size <= parser._max_line + parser._max_hsize + 4
