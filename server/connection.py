@@ -26,7 +26,7 @@ completes without suspending costs no loop round trip and no Task. One that susp
 to the worker, which resumes it through :class:`_Continue` (exactly what ``await`` would have
 done, cancellation included) and then runs queued pipelined requests itself. The worker is
 created with the connection's first request and let go after ``_WORKER_IDLE`` seconds without
-one (at the next deadline tick after the first request: :func:`_idle_window`), so an idle
+one (at the next deadline tick after the first request: ``_IDLE_AFTER``), so an idle
 keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
 
 Timeouts use one lazy deadline per connection: activity only stores a timestamp; the deadline is
@@ -69,13 +69,12 @@ _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 
 
-def _idle_window(requests: int) -> float:
-    """Seconds idle after which a connection lets its worker task and llhttp parser go: at the
-    next deadline tick after its first request (most connections that served one request stay
-    idle: that is where idle memory piles up when many arrive at once), ``_WORKER_IDLE`` once it
-    has served more (so a busy keep-alive connection keeps them; re-making them costs at most
-    once per connection)."""
-    return _WORKER_IDLE if requests > 1 else 0.0
+# Seconds idle after which a connection lets its worker task and llhttp parser go, indexed by
+# "has it served more than one request": at the next deadline tick after its first request (most
+# connections that served one request stay idle: that is where idle memory piles up when many
+# arrive at once), _WORKER_IDLE once it has served more (a busy keep-alive connection keeps them;
+# re-making them costs at most once per connection). A table, not a function: read per request.
+_IDLE_AFTER = (0.0, _WORKER_IDLE)
 
 
 class _ErrorSlot:
@@ -542,7 +541,7 @@ class HttpConnection(asyncio.Protocol):
             # idle from here: wake when the worker task and the parser may go, or at the
             # keep-alive deadline; _on_timer re-checks whatever state it finds. (With more
             # queued, the last of them does this when it is retired.)
-            idle_for = _WORKER_IDLE if self._requests > 1 else 0.0  # _idle_window(), inlined
+            idle_for = _IDLE_AFTER[self._requests > 1]
             self._arm(t + min(idle_for, self.config.keepalive_timeout))
             if self._eof:
                 self._close()
@@ -646,7 +645,7 @@ class HttpConnection(asyncio.Protocol):
                 deadlines.append(dl)
                 # idle for a while: let the worker task and the llhttp parser go (the next
                 # request makes new ones), so an idle keep-alive connection stays small
-                idle_for = _idle_window(self._requests)
+                idle_for = _IDLE_AFTER[self._requests > 1]
                 if now - self._last_activity >= idle_for:
                     if self._worker is not None:
                         self._drop_worker()
