@@ -350,6 +350,10 @@ class HttpConnection(asyncio.Protocol):
         self._dispatching = True
         queue = self._queue
         loop = self._loop
+        # Inside some task (e.g. a handler's receive() resumed reading), handlers go to the
+        # connection's worker task; else they start right here. Entering and leaving the worker
+        # below restores this, so it is asked once, not per request.
+        in_task = _current_task(loop) is not None
         try:
             while queue and not self._busy and self._transport is not None:
                 ex = queue[0]
@@ -362,9 +366,7 @@ class HttpConnection(asyncio.Protocol):
                     # idle keep-alive connection holds no task. Not started yet: _work finds the
                     # job, if any.
                     self._worker = worker = loop.create_task(self._work())
-                if _current_task(loop) is not None:
-                    # Inside some task (e.g. a handler's receive() resumed reading): let the
-                    # connection's worker task run it.
+                if in_task:
                     self._start_job((ex, None, None))
                     return
                 # Run the handler's first step right here, as the worker task (so
