@@ -436,8 +436,11 @@ class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
             if full:
                 return
 
-    def _flush(self) -> None:
-        """End of turn: send what was corked (called by the loop, once per dirty transport)."""
+    def _flush(self, flags: int = 0) -> None:
+        """End of turn: send what was corked (called by the loop, once per dirty transport).
+
+        ``flags`` go to a single ``send`` (sendfile passes ``MSG_MORE`` for a response head).
+        """
         self._corked = False
         buf = self._buffer
         if not buf:
@@ -447,7 +450,7 @@ class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
             return
         if len(buf) == 1:  # the common case, inlined: one send, all taken
             try:
-                n = self._sock.send(buf[0])  # type: ignore[union-attr]
+                n = self._sock.send(buf[0], flags)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
                 n = 0
             except (SystemExit, KeyboardInterrupt):

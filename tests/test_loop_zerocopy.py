@@ -10,8 +10,10 @@ follow the asyncio docs: after ``loop.sendfile`` the file position is ``offset +
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,14 @@ def stat(stats: dict[str, Any], *names: str) -> int:
 def skip_unless_loop_sendfile(loop: asyncio.AbstractEventLoop) -> None:
     if type(loop).sendfile is asyncio.AbstractEventLoop.sendfile:  # uvloop: NotImplementedError
         pytest.skip(f"{type(loop).__name__} has no loop.sendfile")
+
+
+def unsent(sock: Any) -> int:
+    """Bytes queued in a TCP socket and not sent yet (Linux ``SIOCOUTQNSD``; 0 elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    out = fcntl.ioctl(sock.fileno(), 0x894B, b"\0" * 4)  # SIOCOUTQNSD
+    return int(struct.unpack("i", out)[0])
 
 
 def np_stats() -> dict[str, Any]:
@@ -167,6 +177,48 @@ async def test_sendfile_range_keeps_reading_and_the_file_position(
     transport.close()
     await asyncio.wait_for(proto.lost, 10)
     peer.close()
+
+
+async def test_head_written_before_a_sendfile_that_sends_nothing_still_arrives(
+    data_file: tuple[Path, bytes],
+) -> None:
+    """What was written before a sendfile leaves with the file's first bytes on netpoll (held
+    back with MSG_MORE); when the file yields nothing (empty, or a range past its end), those
+    bytes must still be sent now (the kernel would hold them ~200 ms): nothing is left unsent
+    in the socket once sendfile returns."""
+    loop = asyncio.get_running_loop()
+    skip_unless_loop_sendfile(loop)
+    path, payload = data_file
+    empty = path.with_name("empty.bin")
+    empty.write_bytes(b"")
+    transport, proto, peer = await connect(Recorder)
+    ours = transport.get_extra_info("socket")
+    peer.settimeout(5)
+    try:
+        transport.write(b"head-1;")
+        with open(empty, "rb") as f:
+            assert await loop.sendfile(transport, f) == 0
+        assert unsent(ours) == 0
+        assert await asyncio.to_thread(recv_exactly, peer, 7) == b"head-1;"
+        transport.write(b"head-2;")
+        reader = asyncio.ensure_future(asyncio.to_thread(recv_exactly, peer, 7 + SIZE - 10))
+        with open(path, "rb") as f:
+            assert await asyncio.wait_for(loop.sendfile(transport, f, 10), 30) == SIZE - 10
+        got = await asyncio.wait_for(reader, 30)
+        assert got[:7] == b"head-2;" and digest(got[7:]) == digest(payload[10:])
+        if is_netpoll(loop):  # a range past the end of the file: nothing to send
+            transport.write(b"head-3;")
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert await transport.sendfile_range(fd, SIZE + 100, 50) == 0  # type: ignore[attr-defined]
+            finally:
+                os.close(fd)
+            assert unsent(ours) == 0
+            assert await asyncio.to_thread(recv_exactly, peer, 7) == b"head-3;"
+    finally:
+        transport.close()
+        await asyncio.wait_for(proto.lost, 10)
+        peer.close()
 
 
 def _feed_pipe(fd: int, data: bytes) -> threading.Thread:
