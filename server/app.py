@@ -42,6 +42,7 @@ from server.response import (
     CT_BYTES,
     CT_JSON,
     CT_TEXT,
+    MEMORY_MAX,
     RedirectResponse,
     Response,
     StaticFiles,
@@ -167,7 +168,7 @@ class App:
         cache_control: str | None = None,
         dotfiles: bool = False,
         precompressed: bool = True,
-        memory_max: int = 0,
+        memory_max: int = MEMORY_MAX,
         small_max: int = 32 * 1024,
         revalidate: float = 1.0,
     ) -> StaticFiles:

@@ -364,6 +364,30 @@ async def test_cache_revalidation_and_fds(
     assert fd_count() <= before  # cached fds closed at shutdown
 
 
+async def test_small_files_served_from_memory(tmp_path: Path) -> None:
+    """Files up to 16 KiB keep their bytes in the cache by default: whole, ranged and
+    multi-range answers are cut from them byte for byte, larger files are not held, and an
+    in-place rewrite of the same length is served once the entry is re-checked."""
+    small, large = os.urandom(10_240), os.urandom(16 * 1024 + 1)
+    (tmp_path / "small.bin").write_bytes(small)
+    (tmp_path / "large.bin").write_bytes(large)
+    app = App()
+    files = app.static("/s", tmp_path, revalidate=0)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        assert (await c.get("/s/small.bin")).content == small
+        assert (await c.get("/s/large.bin")).content == large
+        held = {e.key[1]: e.data for e in files.cache._entries.values()}
+        assert held["small.bin"] == small and held["large.bin"] is None
+        r = await c.get("/s/small.bin", headers={"range": "bytes=100-199"})
+        assert r.status_code == 206 and r.content == small[100:200]
+        r = await c.get("/s/small.bin", headers={"range": "bytes=0-9,-10"})
+        assert r.status_code == 206 and small[:10] in r.content and small[-10:] in r.content
+        newer = os.urandom(10_240)
+        (tmp_path / "small.bin").write_bytes(newer)  # same length, same inode
+        r = await c.get("/s/small.bin")
+        assert r.content == newer and r.headers["content-length"] == "10240"
+
+
 @pytest.mark.asyncio(loop_factories=["netpoll"])
 async def test_default_revalidation_within_a_second(tree: tuple[Path, dict[str, bytes]]) -> None:
     """By default the cache re-stats an entry at most once a second: a change shows up soon."""
