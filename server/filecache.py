@@ -42,6 +42,7 @@ import os
 import stat
 import time
 from collections import OrderedDict
+from typing import Any
 
 from server.static import FileInfo, contained, content_type, http_date, make_etag
 
@@ -147,6 +148,7 @@ class OpenFile:
         "key",
         "mtime_ns",
         "path",
+        "plans",
         "refs",
         "resolved",
         "retired",
@@ -161,6 +163,7 @@ class OpenFile:
         self.dev = self.ino = self.size = self.mtime_ns = 0  # identity checked on revalidation
         self.info: FileInfo | None = None  # validators and type (regular files only)
         self.data: bytes | None = None  # whole content of a small file when memory caching
+        self.plans: dict[Any, Any] | None = None  # for the file's user (StaticFiles: its plans)
         self.refs = 0  # users currently holding the fd
         self.retired = False  # no longer in the cache: close the fd when refs drops to 0
         self.checked = now  # last identity check (monotonic)

@@ -256,6 +256,8 @@ async def send_plan(
 
 
 _NOT_FOUND = [CT_TEXT]
+_UNSEEN = object()
+_KEYS_MAX = 4096  # StaticFiles._keys entries before it starts over
 
 
 class FileResponse(Response):
@@ -467,6 +469,7 @@ class StaticFiles:
         self.dotfiles = dotfiles
         self.precompressed = precompressed
         self.small_max = small_max  # files up to this size are read + written, not sendfile'd
+        self._keys: dict[str, str | None] = {}  # URL remainder -> cache key (None: refused)
         self.cache = cache or FileCache(
             max_entries, stat_interval=revalidate, memory_max=memory_max, allow_dotfiles=dotfiles
         )
@@ -495,11 +498,16 @@ class StaticFiles:
         if head.method != "GET" and head.method != "HEAD":
             exchange.respond(405, _ALLOW, b"Method Not Allowed")
             return
-        segs = static.split_path(rel, allow_dotfiles=self.dotfiles)
-        if segs is None:
+        key = self._keys.get(rel, _UNSEEN)
+        if key is _UNSEEN:  # split and check each URL remainder once (bounded memo)
+            segs = static.split_path(rel, allow_dotfiles=self.dotfiles)
+            key = None if segs is None else "/".join(segs)
+            if len(self._keys) >= _KEYS_MAX:
+                self._keys.clear()
+            self._keys[rel] = key
+        if key is None:
             exchange.respond(404, _NOT_FOUND, b"Not Found")
             return
-        key = "/".join(segs)
         cache = self.cache
         entry = cache.acquire(self.root, key)
         held = [entry]
@@ -546,14 +554,25 @@ class StaticFiles:
                         info.content_type,
                         coding,
                     )
-            plan = static.plan_response(
-                head.method,
-                fields,
-                info,
-                cache_control=self.cache_control,
-                extra=extra,
-                vary=vary,
-            )
+            # An unconditional request gets the same plan every time: kept on the entry (a
+            # changed file is a new entry), so the common GET decides nothing per request.
+            plans = entry.plans
+            pkey = (head.method, vary, self.cache_control)
+            reuse = fields is static.NO_FIELDS and extra is None and info is entry.info
+            plan = plans.get(pkey) if reuse and plans is not None else None
+            if plan is None:
+                plan = static.plan_response(
+                    head.method,
+                    fields,
+                    info,
+                    cache_control=self.cache_control,
+                    extra=extra,
+                    vary=vary,
+                )
+                if reuse:
+                    if plans is None:
+                        plans = entry.plans = {}
+                    plans[pkey] = plan
             data = entry.data
             if data is None and plan.body and 0 < info.size <= self.small_max:
                 # small file: one pread, then head and body leave in one write; cheaper than
