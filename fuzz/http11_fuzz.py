@@ -60,13 +60,13 @@ LIMIT_STATUSES = frozenset({400, 414, 431, 501})
 Norm = tuple[object, ...]
 
 
-def feed_all(parser: RequestParser, pieces: list[bytes]) -> list[object]:
+def feed_all(parser: RequestParser, pieces: list[bytes], limit: int = 1) -> list[object]:
     """Feed each piece completely (the I/O layer's loop); return every event."""
     for piece in pieces:
         pos = 0
         n = len(piece)
         while pos < n:
-            new = parser.feed(piece, pos)
+            new = parser.feed(piece, pos, limit)
             assert pos < new <= n, f"feed made no progress or overran: {pos} -> {new} of {n}"
             pos = new
     events = list(parser.events)
@@ -161,6 +161,10 @@ def test_one_input(data: bytes) -> None:
     config = CONFIGS[data[0] % len(CONFIGS)]
     stream = data[2:]
     whole = check_events(feed_all(RequestParser(config), [stream]), config)
+    # whole cached requests taken in batches (the connection's pipelined path): same events
+    batched = check_events(feed_all(RequestParser(config), [stream, stream], 16), config)
+    again = check_events(feed_all(RequestParser(config), [stream, stream]), config)
+    assert batched == again, f"batching changes the result:\n{again!r}\n{batched!r}"
     split = check_events(feed_all(RequestParser(config), cuts(stream, data[1])), config)
     a_err = whole[-1] if whole and whole[-1][0] == "error" else None
     b_err = split[-1] if split and split[-1][0] == "error" else None

@@ -27,7 +27,8 @@ A keep-alive client repeats its head byte for byte. A whole head that llhttp acc
 clean state (no body, not a last message) is kept in a bounded cache with everything
 ``on_headers_complete`` derived from it; a repeat in the same clean state is answered from the
 cache without llhttp (the same bytes get the same verdict), the ``Config`` limits still checked
-on every request. Request lines and header blocks have their own caches for heads that differ.
+on every request. ``feed(data, pos, limit)`` takes up to ``limit`` such requests in one call (a
+pipelined batch: each is still a whole message, and the call still ends where one ended). Request lines and header blocks have their own caches for heads that differ.
 
 Responses are built by :mod:`server.http11_response` (re-exported here).
 """
@@ -269,41 +270,52 @@ class RequestParser:
         )
 
     # --- feeding ---
-    def feed(self, data: bytes, pos: int = 0) -> int:
-        """Feed one piece of ``data[pos:]``; return the position after it (see module doc)."""
+    def feed(self, data: bytes, pos: int = 0, limit: int = 1) -> int:
+        """Feed one piece of ``data[pos:]``; return the position after it (see module doc).
+
+        Up to ``limit`` whole requests found in the head cache are taken in one call (a
+        pipelined batch); anything else is one piece per call.
+        """
         state = self._state
         n = len(data)
         if state == _DEAD or pos >= n:
             return n
         if state == _HEAD and not self._partial and not self._tail and self._reusable:
-            # A whole head seen before (a keep-alive client repeats itself): no llhttp call.
+            # Whole heads seen before (a keep-alive client repeats itself): no llhttp call.
             # Not after a last message (llhttp, in its closed state, would refuse it).
-            end = data.find(_TERM, pos) + 4
-            if end >= 4:
+            events = self.events
+            start = pos
+            while True:
+                end = data.find(_TERM, pos) + 4
+                if end < 4:
+                    break
                 hit = _head_cache.get(data if (pos == 0 and end == n) else data[pos:end])
-                if hit is not None and (
-                    hit.fits_config is self.config or hit.fits(self, end - pos)
-                ):
-                    method, path, raw_path, query, version = hit.target
-                    events = self.events
-                    events.append(
-                        RequestHead(
-                            method,
-                            path,
-                            raw_path,
-                            query,
-                            version,
-                            list(hit.fields),
-                            True,
-                            self.client,
-                            self.server,
-                            self.scheme,
-                            hit.expect,
-                        )
+                if hit is None or not (hit.fits_config is self.config or hit.fits(self, end - pos)):
+                    break
+                method, path, raw_path, query, version = hit.target
+                events.append(
+                    RequestHead(
+                        method,
+                        path,
+                        raw_path,
+                        query,
+                        version,
+                        list(hit.fields),
+                        True,
+                        self.client,
+                        self.server,
+                        self.scheme,
+                        hit.expect,
                     )
-                    events.append(END)
-                    self.messages += 1
+                )
+                events.append(END)
+                self.messages += 1
+                if end == n or limit <= 1:
                     return end
+                pos = end
+                limit -= 1
+            if pos != start:
+                return pos
         if state == _BODY_CL:
             end = min(n, pos + self._cl - self._body_len)
         else:
@@ -361,10 +373,12 @@ class RequestParser:
         try:
             p.feed_data(piece)
         except httptools.HttpParserUpgrade:
-            # Upgrade/CONNECT: we speak only HTTP/1.1; answer this request, then close.
+            # Upgrade: we speak only HTTP/1.1; answer this request, then close.
+            self._cand = None
+            if self._body_after_upgrade():
+                return end  # the body follows, parsed like any other
             self._state = _DEAD
             self._tail = b""
-            self._cand = None
             return n
         except httptools.HttpParserError as exc:
             self._fail(self._error or self._map_error(exc))
@@ -383,6 +397,40 @@ class RequestParser:
             if not self._tail:
                 self._framing = 0
         return end
+
+    def _body_after_upgrade(self) -> bool:
+        """llhttp (through httptools) skips the body of an Upgrade request and ends the message
+        at its head. We never switch protocols (RFC 9110 7.8 lets a server ignore Upgrade), so
+        a declared body is still this request's (curl's h2c upgrade of a POST sends one): take
+        back the END, mark the request as the connection's last, and parse the body with a
+        fresh llhttp parser that is given the framing alone. Returns whether there is a body.
+        """
+        events = self.events
+        if len(events) < 2 or events[-1] is not END or type(events[-2]) is not RequestHead:
+            return False
+        head: RequestHead = events[-2]  # type: ignore[assignment]
+        chunked = head.get_header(b"transfer-encoding") is not None
+        cl = int(head.get_header(b"content-length") or -1)
+        if not chunked and cl <= 0:
+            return False
+        events.pop()
+        self.messages -= 1
+        head.keep_alive = False
+        self._reusable = False
+        self._begun = True
+        framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % cl
+        p = self._p = httptools.HttpRequestParser(self)
+        self._cl = -2  # on_headers_complete: a synthetic head, only its framing counts
+        # "connection: close": like any last message, llhttp refuses what would follow it
+        p.feed_data(b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n" + framing + b"\r\n\r\n")
+        if chunked:
+            self._state = _BODY_CHUNKED
+            self._framing = 0
+        else:
+            self._state = _BODY_CL
+            self._cl = cl
+        self._tail = b""
+        return True
 
     def _fail(self, err: ProtocolError) -> None:
         self._state = _DEAD
@@ -407,6 +455,8 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         # llhttp validated the syntax of the whole head; we extract it from our own copy in a
         # few C-level calls instead of one Python callback per header.
+        if self._cl == -2:  # the framing-only head of _body_after_upgrade: nothing to emit
+            return
         block = self._block
         self._block = b""
         # empty lines before a request are ignored; llhttp skips any run of CR and LF there

@@ -212,6 +212,42 @@ async def test_max_requests_per_connection() -> None:
         assert await c.closed()
 
 
+async def test_upgrade_request_with_a_body_is_answered_with_it() -> None:
+    """An h2c upgrade of a POST (what ``curl --http2 -d`` sends over http://): we stay on
+    HTTP/1.1, the handler gets the whole body, the response closes the connection."""
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(
+            b"POST /form HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+            b"Content-Length: 11\r\n\r\nhello world" + get("/after")
+        )
+        r = await c.response()
+        assert r.status == 200 and r.body == b"POST /form hello world"
+        assert r.headers[b"connection"] == b"close" and await c.closed()
+
+
+async def test_max_requests_cuts_a_pipelined_batch() -> None:
+    """Repeated heads are taken from the parser's head cache in batches; the request that
+    reaches max_requests_per_connection is still the last one answered (and run)."""
+    ran: list[bytes] = []
+
+    async def counted(ex: Exchange) -> None:
+        ran.append(ex.head.raw_path)
+        ex.respond(200, [], b"ok")
+
+    async with running(counted, max_requests_per_connection=4) as port:
+        c = await Raw.open(port)
+        await c.send(get("/p"))  # the head is cached from here on
+        assert (await c.response()).body == b"ok"
+        await c.send(get("/p") * 8)
+        for _ in range(2):
+            assert b"connection" not in (await c.response()).headers
+        assert (await c.response()).headers[b"connection"] == b"close"
+        assert await c.closed()
+    assert ran == [b"/p"] * 4
+
+
 async def test_http_client_head_and_1_0_stream() -> None:
     async def stream(ex: Exchange) -> None:
         ex.start(200, [(b"x-kind", b"stream")])

@@ -102,6 +102,32 @@ def test_pieces_never_span_two_messages() -> None:
     assert PIPELINE[ends[0] : ends[0] + 4] == b"POST"
 
 
+def test_cached_heads_are_taken_in_batches_up_to_limit() -> None:
+    """``feed(data, pos, limit)``: repeated heads answered from the head cache come up to
+    ``limit`` per call, each a whole message (head, END), the same events as one by one; a
+    head that is not cached (or a body) ends the batch."""
+    one = b"GET /batch HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
+    other = b"GET /other-%d HTTP/1.1\r\nHost: h\r\n\r\n" % id(one)  # never seen before
+    parse(one)  # llhttp accepted it: cached
+    data = one * 5 + other + one * 3
+    p = RequestParser(CFG)
+    pos, calls = 0, []
+    while pos < len(data):
+        new = p.feed(data, pos, 4)
+        calls.append((data[pos:new].count(b"GET"), len(p.events) // 2))
+        p.events.clear()
+        pos = new
+    assert calls == [(4, 4), (1, 1), (1, 1), (3, 3)]
+    assert p.messages == 9
+    p2 = RequestParser(CFG)
+    pos = 0
+    while pos < len(data):
+        pos = p2.feed(data, pos, 100)
+    heads = [e for e in p2.events if isinstance(e, RequestHead)]
+    assert [h.raw_path for h in heads] == [b"/batch"] * 5 + [other.split()[1]] + [b"/batch"] * 3
+    assert p2.events.count(END) == 9 and p2.events[1::2] == [END] * 9
+
+
 def test_expect_continue_and_keep_alive_10() -> None:
     [head, _] = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     assert isinstance(head, RequestHead) and head.keep_alive
@@ -191,6 +217,33 @@ def test_upgrade_answered_then_dead() -> None:
     p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
     assert isinstance(p.events[0], RequestHead) and p.events[-1] is END
     assert p.dead
+
+
+@pytest.mark.parametrize(
+    ("framing", "body", "chunks"),
+    [
+        (b"Content-Length: 5\r\n", b"hello", b"hello"),
+        (b"Transfer-Encoding: chunked\r\n", b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n", b"abcde"),
+    ],
+)
+def test_upgrade_request_body_is_delivered_then_last(
+    framing: bytes, body: bytes, chunks: bytes
+) -> None:
+    """We never switch protocols, so the body of an Upgrade request (curl's h2c upgrade of a
+    POST) is the request's own, at every split; the request is the connection's last."""
+    data = (
+        b"POST /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n" + framing + b"\r\n" + body
+    )
+    for i in range(1, len(data) + 1):
+        events = parse(data, splits=[i] if i < len(data) else None)
+        assert len(events) == 3, (i, events)
+        head = events[0]
+        assert isinstance(head, RequestHead) and not head.keep_alive
+        assert events[1] == chunks and events[2] is END
+    p = RequestParser(CFG)
+    _feed_all(p, data + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not any(isinstance(e, RequestHead) and e.path == "/next" for e in p.events)
 
 
 def test_reset_reuses_parser_state() -> None:
