@@ -574,6 +574,9 @@ class StaticFiles:
                         plans = entry.plans = {}
                     plans[pkey] = plan
             data = entry.data
+            if data is not None and plan.status == 200 and plan.body:
+                exchange.respond(200, plan.headers, data)  # a whole file held in memory
+                return
             if data is None and plan.body and 0 < info.size <= self.small_max:
                 # small file: one pread, then head and body leave in one write; cheaper than
                 # flushing the head and a sendfile call (measured: loadtest/staticbench.py)
