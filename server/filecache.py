@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 :meth:`FileCache.acquire` maps ``(root, relative path)`` to an :class:`OpenFile`: an fd opened
-read-only, its identity (device, inode, size, mtime in ns) and the precomputed ETag,
+read-only, its identity (device, inode, size, mtime and ctime in ns) and the precomputed ETag,
 Last-Modified and Content-Type. Misses are cached too (``missing``), so probing for absent files
 or ``.br``/``.gz`` siblings costs a dict lookup. The cache is an LRU bounded by ``max_entries``.
 
@@ -139,6 +139,7 @@ class OpenFile:
 
     __slots__ = (
         "checked",
+        "ctime_ns",
         "data",
         "dev",
         "fd",
@@ -160,7 +161,9 @@ class OpenFile:
         self.fd = -1  # >= 0 for a regular file until closed
         self.path = ""  # real path ("" for a miss)
         self.is_dir = False
-        self.dev = self.ino = self.size = self.mtime_ns = 0  # identity checked on revalidation
+        # identity checked on revalidation; ctime too: a same-size rewrite that keeps its
+        # mtime (cp -p, rsync -t, utime) still changes it, and memory-held bytes must notice
+        self.dev = self.ino = self.size = self.mtime_ns = self.ctime_ns = 0
         self.info: FileInfo | None = None  # validators and type (regular files only)
         self.data: bytes | None = None  # whole content of a small file when memory caching
         self.plans: dict[Any, Any] | None = None  # for the file's user (StaticFiles: its plans)
@@ -182,6 +185,7 @@ class OpenFile:
             and st.st_dev == self.dev
             and st.st_size == self.size
             and st.st_mtime_ns == self.mtime_ns
+            and st.st_ctime_ns == self.ctime_ns
         )
 
     def _close(self) -> None:
@@ -327,4 +331,5 @@ class FileCache:
             return OpenFile(key, now)
         e.path = real
         e.dev, e.ino, e.size, e.mtime_ns = st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+        e.ctime_ns = st.st_ctime_ns
         return e

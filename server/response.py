@@ -258,6 +258,7 @@ async def send_plan(
 _NOT_FOUND = [CT_TEXT]
 _UNSEEN = object()
 _KEYS_MAX = 4096  # StaticFiles._keys entries before it starts over
+_KEY_LEN_MAX = 256  # longer URL remainders are split every time (the memo stays small)
 
 
 class FileResponse(Response):
@@ -435,7 +436,8 @@ class StaticFiles:
 
     A changed file is noticed within ``revalidate`` seconds (0: by the next request).
     Files up to ``memory_max`` bytes (default 16 KiB) keep their bytes in the open-file cache
-    (at most ``max_entries`` of them: 16 MiB with the defaults) and leave with their head in one
+    (at most ``max_entries`` of them: 16 MiB with the defaults; a ``cache`` passed in applies
+    its own limits) and leave with their head in one
     write, no syscall but the send; files up to ``small_max`` bytes are read with one ``pread``
     per request and leave the same way; larger ones go through ``exchange.sendfile``.
 
@@ -469,7 +471,8 @@ class StaticFiles:
         self.dotfiles = dotfiles
         self.precompressed = precompressed
         self.small_max = small_max  # files up to this size are read + written, not sendfile'd
-        self._keys: dict[str, str | None] = {}  # URL remainder -> cache key (None: refused)
+        # URL remainder -> cache key (None: refused), decided with the dotfiles setting above
+        self._keys: dict[str, str | None] = {}
         self.cache = cache or FileCache(
             max_entries, stat_interval=revalidate, memory_max=memory_max, allow_dotfiles=dotfiles
         )
@@ -499,12 +502,13 @@ class StaticFiles:
             exchange.respond(405, _ALLOW, b"Method Not Allowed")
             return
         key = self._keys.get(rel, _UNSEEN)
-        if key is _UNSEEN:  # split and check each URL remainder once (bounded memo)
+        if key is _UNSEEN:  # split and check each URL remainder once (a bounded memo)
             segs = static.split_path(rel, allow_dotfiles=self.dotfiles)
             key = None if segs is None else "/".join(segs)
-            if len(self._keys) >= _KEYS_MAX:
-                self._keys.clear()
-            self._keys[rel] = key
+            if len(rel) <= _KEY_LEN_MAX:  # long ones are not kept: at most ~2 MiB in all
+                if len(self._keys) >= _KEYS_MAX:
+                    self._keys.clear()
+                self._keys[rel] = key
         if key is None:
             exchange.respond(404, _NOT_FOUND, b"Not Found")
             return
@@ -554,11 +558,12 @@ class StaticFiles:
                         info.content_type,
                         coding,
                     )
-            # An unconditional request gets the same plan every time: kept on the entry (a
-            # changed file is a new entry), so the common GET decides nothing per request.
+            # A request without preconditions or Range gets the same plan every time for the
+            # same file and encoding: kept on the entry (a changed file is a new entry). Not
+            # for a precompressed sibling (its FileInfo is made per request) or extra headers.
             plans = entry.plans
             pkey = (head.method, vary, self.cache_control)
-            reuse = fields is static.NO_FIELDS and extra is None and info is entry.info
+            reuse = not fields.conditional and extra is None and info is entry.info
             plan = plans.get(pkey) if reuse and plans is not None else None
             if plan is None:
                 plan = static.plan_response(
@@ -572,6 +577,7 @@ class StaticFiles:
                 if reuse:
                     if plans is None:
                         plans = entry.plans = {}
+                    plan.headers = tuple(plan.headers)  # type: ignore[assignment]  # shared now
                     plans[pkey] = plan
             data = entry.data
             if data is not None and plan.status == 200 and plan.body:

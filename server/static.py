@@ -165,6 +165,7 @@ class Fields:
     if_match: bytes | None = None
     ius: bytes | None = None
     accept_encoding: bytes | None = None
+    conditional: bool = False  # any of them but Accept-Encoding: the answer depends on them
 
 
 # request header -> Fields attribute; lists that may be split over lines join, others keep
@@ -192,6 +193,8 @@ def request_fields(headers: Headers) -> Fields:
             continue
         if f is None:
             f = Fields()
+        if attr != "accept_encoding":
+            f.conditional = True
         old = getattr(f, attr)
         sep = _JOINED.get(attr)
         if sep is not None:

@@ -388,6 +388,47 @@ async def test_small_files_served_from_memory(tmp_path: Path) -> None:
         assert r.content == newer and r.headers["content-length"] == "10240"
 
 
+async def test_rewrite_in_place_keeping_mtime_is_seen(tmp_path: Path) -> None:
+    """A same-length rewrite that restores the old mtime (cp -p, rsync -t) still changes the
+    file's ctime: the next request (revalidate=0) serves the new bytes, also from memory."""
+    old, new = b"A" * 1000, b"B" * 1000
+    f = tmp_path / "same.bin"
+    f.write_bytes(old)
+    st = f.stat()
+    app = App()
+    app.static("/s", tmp_path, revalidate=0)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        assert (await c.get("/s/same.bin")).content == old
+        f.write_bytes(new)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+        assert (await c.get("/s/same.bin")).content == new
+
+
+async def test_plans_kept_for_plain_requests_only(tmp_path: Path) -> None:
+    """The decided response of a request without preconditions or Range is kept on the cache
+    entry (also when the client sends Accept-Encoding, as browsers do); conditional and range
+    requests are still decided per request; long URL remainders are not memoised."""
+    data = os.urandom(5000)
+    (tmp_path / "f.bin").write_bytes(data)
+    app = App()
+    files = app.static("/s", tmp_path)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        r = await c.get("/s/f.bin", headers={"accept-encoding": "gzip, br"})
+        assert r.status_code == 200 and r.content == data
+        [entry] = [e for e in files.cache._entries.values() if e.key[1] == "f.bin"]
+        assert entry.plans is not None and len(entry.plans) == 1
+        assert (await c.get("/s/f.bin")).content == data
+        r2 = await c.get("/s/f.bin", headers={"if-none-match": r.headers["etag"]})
+        assert r2.status_code == 304 and r2.content == b""
+        r3 = await c.get("/s/f.bin", headers={"range": "bytes=10-19"})
+        assert r3.status_code == 206 and r3.content == data[10:20]
+        assert len(entry.plans) == 1  # neither of those was kept
+        long_name = "x" * 300
+        assert (await c.get("/s/" + long_name)).status_code == 404
+        assert long_name not in files._keys and "f.bin" in files._keys
+
+
 @pytest.mark.asyncio(loop_factories=["netpoll"])
 async def test_default_revalidation_within_a_second(tree: tuple[Path, dict[str, bytes]]) -> None:
     """By default the cache re-stats an entry at most once a second: a change shows up soon."""
