@@ -6,9 +6,10 @@ one slice of at most ``_SLICE_MAX`` bytes per loop turn: after each slice they w
 socket to be writable again, which hands the turn to other connections, so a large download
 cannot starve small requests. What was written just before a sendfile (a response head) is
 sent with ``MSG_MORE``, so it leaves in the same TCP segment as the file's first bytes instead
-of as a small segment of its own (1 MiB files over loopback: 1.6-1.9x the requests/s, measured
-with wrk -c4..16); if the file then yields nothing, a ``TCP_NODELAY`` write pushes it out. ``EAGAIN`` from ``splice`` is ambiguous (empty pipe or full
-socket); a zero-timeout ``select`` tells which side to wait for.
+of as a small segment of its own (1 MiB files over loopback: 1.6-1.9x the requests/s,
+measured with wrk -c4..16); if the file then yields nothing, setting ``TCP_NODELAY`` (already
+on) pushes it out. ``EAGAIN`` from ``splice`` is ambiguous (empty pipe or full socket); a
+zero-timeout ``select`` tells which side to wait for.
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 ``data_received`` feeds bytes to :class:`~server.http11.RequestParser` one piece at a time
 (a piece never spans two messages, except a batch of whole pipelined requests answered from
-the parser's head cache, at most as many as the queue has room for) and turns its events into
-:class:`HttpExchange` objects kept in ``_queue`` in arrival order. ``_queue[0]`` is the only exchange whose handler runs;
-the next one starts when that handler returns, so pipelined responses leave strictly in
-order. Feeding stops (the rest is kept in ``_pending`` and reading is paused) when
+the parser's head cache, at most as many as the queue has room for) and turns its events
+into :class:`HttpExchange` objects kept in ``_queue`` in arrival order. ``_queue[0]`` is the
+only exchange whose handler runs; the next one starts when that handler returns, so pipelined
+responses leave strictly in order. Feeding stops (the rest is kept in ``_pending`` and reading
+is paused) when
 
 * ``max_pipelined`` requests are queued,
 * the body being parsed belongs to a request whose handler is not running yet, or
@@ -296,8 +297,6 @@ class HttpConnection(asyncio.Protocol):
         queue = self._queue
         for ev in events:
             if type(ev) is RequestHead:
-                if self._closing:
-                    continue  # after a last request in the same batch: never answered
                 self._requests += 1
                 self._head_started = 0.0
                 if self._requests >= self.config.max_requests_per_connection:

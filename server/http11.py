@@ -27,8 +27,13 @@ A keep-alive client repeats its head byte for byte. A whole head that llhttp acc
 clean state (no body, not a last message) is kept in a bounded cache with everything
 ``on_headers_complete`` derived from it; a repeat in the same clean state is answered from the
 cache without llhttp (the same bytes get the same verdict), the ``Config`` limits still checked
-on every request. ``feed(data, pos, limit)`` takes up to ``limit`` such requests in one call (a
-pipelined batch: each is still a whole message, and the call still ends where one ended). Request lines and header blocks have their own caches for heads that differ.
+on every request. ``feed(data, pos, limit)`` takes up to ``limit`` such requests in one call
+(a pipelined batch: each is still a whole message, and the call still ends where one ended).
+Request lines and header blocks have their own caches for heads that differ.
+
+``Upgrade`` is never honoured (RFC 9110 7.8 lets a server ignore it): the request is answered
+as HTTP/1.1 and is the connection's last; a body it declares is delivered like any other (llhttp,
+through httptools, would skip it; see ``_body_after_upgrade``). CONNECT is refused (405).
 
 Responses are built by :mod:`server.http11_response` (re-exported here).
 """
@@ -101,6 +106,7 @@ Event = RequestHead | bytes | _End | ProtocolError
 
 _HEAD, _BODY_CL, _BODY_CHUNKED, _DEAD = 0, 1, 2, 3
 _STATE_NAMES = {_HEAD: "head", _BODY_CL: "body", _BODY_CHUNKED: "chunked", _DEAD: "dead"}
+_FRAMING_ONLY = -2  # RequestParser._cl while a synthetic framing-only head is fed (upgrade)
 _VERSIONS = {"1.1", "1.0"}
 _VERSION_NAMES = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 # Parsed request lines and header blocks, keyed by their bytes: a keep-alive client repeats its
@@ -377,6 +383,9 @@ class RequestParser:
             self._cand = None
             if self._body_after_upgrade():
                 return end  # the body follows, parsed like any other
+            events = self.events
+            if len(events) >= 2 and type(events[-2]) is RequestHead:
+                events[-2].keep_alive = False  # type: ignore[union-attr]  # its answer closes
             self._state = _DEAD
             self._tail = b""
             return n
@@ -420,9 +429,9 @@ class RequestParser:
         self._begun = True
         framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % cl
         p = self._p = httptools.HttpRequestParser(self)
-        self._cl = -2  # on_headers_complete: a synthetic head, only its framing counts
+        self._cl = _FRAMING_ONLY  # on_headers_complete: a synthetic head, nothing to emit
         # "connection: close": like any last message, llhttp refuses what would follow it
-        p.feed_data(b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n" + framing + b"\r\n\r\n")
+        p.feed_data(b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n%s\r\n\r\n" % framing)
         if chunked:
             self._state = _BODY_CHUNKED
             self._framing = 0
@@ -455,7 +464,7 @@ class RequestParser:
     def on_headers_complete(self) -> None:
         # llhttp validated the syntax of the whole head; we extract it from our own copy in a
         # few C-level calls instead of one Python callback per header.
-        if self._cl == -2:  # the framing-only head of _body_after_upgrade: nothing to emit
+        if self._cl == _FRAMING_ONLY:  # the synthetic head of _body_after_upgrade
             return
         block = self._block
         self._block = b""

@@ -212,6 +212,17 @@ async def test_max_requests_per_connection() -> None:
         assert await c.closed()
 
 
+async def test_upgrade_request_is_the_connections_last() -> None:
+    """We do not switch protocols: an Upgrade request is answered as HTTP/1.1 with
+    ``Connection: close`` and the connection closes (what was pipelined after it is not read)."""
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(get("/ws", b"Connection: upgrade\r\nUpgrade: websocket\r\n") + get("/next"))
+        r = await c.response()
+        assert r.status == 200 and r.body == b"GET /ws "
+        assert r.headers[b"connection"] == b"close" and await c.closed()
+
+
 async def test_upgrade_request_with_a_body_is_answered_with_it() -> None:
     """An h2c upgrade of a POST (what ``curl --http2 -d`` sends over http://): we stay on
     HTTP/1.1, the handler gets the whole body, the response closes the connection."""
