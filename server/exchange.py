@@ -87,7 +87,12 @@ class RequestHead:
 
 
 class Exchange(Protocol):
-    """One request and its response on a connection (see the module docstring)."""
+    """One request and its response on a connection (see the module docstring).
+
+    The ``headers`` given to :meth:`respond` and :meth:`start` are only read, never kept or
+    changed, and callers may share them between responses (static files pass a cached tuple):
+    an exchange wrapper that adds headers must build a new sequence, not mutate the one given.
+    """
 
     head: RequestHead
 
