@@ -379,13 +379,14 @@ class RequestParser:
         try:
             p.feed_data(piece)
         except httptools.HttpParserUpgrade:
-            # Upgrade: we speak only HTTP/1.1; answer this request, then close.
+            # Upgrade: we speak only HTTP/1.1; answer this request (and its body), then close.
             self._cand = None
-            if self._body_after_upgrade():
-                return end  # the body follows, parsed like any other
             events = self.events
-            if len(events) >= 2 and type(events[-2]) is RequestHead:
-                events[-2].keep_alive = False  # type: ignore[union-attr]  # its answer closes
+            head = events[-2] if len(events) >= 2 else None
+            if type(head) is RequestHead:
+                head.keep_alive = False  # type: ignore[union-attr]  # its answer closes
+                if events[-1] is END and self._body_after_upgrade(head):  # type: ignore[arg-type]
+                    return end  # the body follows, parsed like any other
             self._state = _DEAD
             self._tail = b""
             return n
@@ -407,24 +408,19 @@ class RequestParser:
                 self._framing = 0
         return end
 
-    def _body_after_upgrade(self) -> bool:
+    def _body_after_upgrade(self, head: RequestHead) -> bool:
         """llhttp (through httptools) skips the body of an Upgrade request and ends the message
-        at its head. We never switch protocols (RFC 9110 7.8 lets a server ignore Upgrade), so
-        a declared body is still this request's (curl's h2c upgrade of a POST sends one): take
-        back the END, mark the request as the connection's last, and parse the body with a
-        fresh llhttp parser that is given the framing alone. Returns whether there is a body.
+        (``head``, then END, the last events) at its head. We never switch protocols (RFC 9110
+        7.8 lets a server ignore Upgrade), so a declared body is still this request's (curl's
+        h2c upgrade of a POST sends one): take back the END and parse the body with a fresh
+        llhttp parser that is given the framing alone. Returns whether there is a body.
         """
-        events = self.events
-        if len(events) < 2 or events[-1] is not END or type(events[-2]) is not RequestHead:
-            return False
-        head: RequestHead = events[-2]  # type: ignore[assignment]
         chunked = head.get_header(b"transfer-encoding") is not None
         cl = int(head.get_header(b"content-length") or -1)
         if not chunked and cl <= 0:
             return False
-        events.pop()
+        self.events.pop()
         self.messages -= 1
-        head.keep_alive = False
         self._reusable = False
         self._begun = True
         framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % cl
