@@ -437,9 +437,9 @@ class StaticFiles:
     A changed file is noticed within ``revalidate`` seconds (0: by the next request).
     Files up to ``memory_max`` bytes (default 16 KiB) keep their bytes in the open-file cache
     (at most ``max_entries`` of them: 16 MiB with the defaults; a ``cache`` passed in applies
-    its own limits) and leave with their head in one
-    write, no syscall but the send; files up to ``small_max`` bytes are read with one ``pread``
-    per request and leave the same way; larger ones go through ``exchange.sendfile``.
+    its own limits) and leave with their head in one write, no syscall but the send; files up
+    to ``small_max`` bytes are read with one ``pread`` per request and leave the same way;
+    larger ones go through ``exchange.sendfile``.
 
     Use it as an app handler (``await files(exchange)`` serves ``head.path`` below ``prefix``),
     from a route (``return files.response(rel)``) or call :meth:`serve` directly. Every bad
@@ -563,7 +563,11 @@ class StaticFiles:
             # for a precompressed sibling (its FileInfo is made per request) or extra headers.
             plans = entry.plans
             pkey = (head.method, vary, self.cache_control)
-            reuse = not fields.conditional and extra is None and info is entry.info
+            reuse = (
+                (fields is static.NO_FIELDS or not fields.conditional)
+                and extra is None
+                and info is entry.info
+            )
             plan = plans.get(pkey) if reuse and plans is not None else None
             if plan is None:
                 plan = static.plan_response(

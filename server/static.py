@@ -165,7 +165,19 @@ class Fields:
     if_match: bytes | None = None
     ius: bytes | None = None
     accept_encoding: bytes | None = None
-    conditional: bool = False  # any of them but Accept-Encoding: the answer depends on them
+
+    @property
+    def conditional(self) -> bool:
+        """A precondition or Range header is present (the answer depends on it, where
+        Accept-Encoding only picks among encodings)."""
+        return not (
+            self.range is None
+            and self.if_range is None
+            and self.inm is None
+            and self.ims is None
+            and self.if_match is None
+            and self.ius is None
+        )
 
 
 # request header -> Fields attribute; lists that may be split over lines join, others keep
@@ -193,8 +205,6 @@ def request_fields(headers: Headers) -> Fields:
             continue
         if f is None:
             f = Fields()
-        if attr != "accept_encoding":
-            f.conditional = True
         old = getattr(f, attr)
         sep = _JOINED.get(attr)
         if sep is not None:
