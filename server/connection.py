@@ -66,7 +66,10 @@ logger = logging.getLogger("server")
 
 _LINGER = 2.0  # seconds a lingering close waits for the client's FIN
 _WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task go
-_current_task = asyncio.current_task
+try:  # asyncio.current_task(loop) without its Python wrapper (3.11 has no C version)
+    from _asyncio import current_task as _current_task  # type: ignore[attr-defined]
+except ImportError:
+    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 
@@ -371,36 +374,50 @@ class HttpConnection(asyncio.Protocol):
                 if in_task:
                     self._start_job((ex, None, None))
                     return
-                # Run the handler's first step right here, as the worker task (so
-                # asyncio.current_task() is a real task that can be cancelled).
-                coro = self.handler(ex)
-                exc: BaseException | None = None
+                # Run handlers' first steps right here, as the worker task (so
+                # asyncio.current_task() is a real task that can be cancelled): entered once for
+                # a pipelined batch of handlers that complete without suspending.
                 _enter_task(loop, worker)
                 try:
-                    first = coro.send(None)
-                except StopIteration:
-                    pass
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as e:
-                    exc = e
-                else:
-                    self._start_job((ex, coro, first))  # it suspended: the worker continues it
-                    return
+                    while True:
+                        coro = self.handler(ex)
+                        exc: BaseException | None = None
+                        try:
+                            first = coro.send(None)
+                        except StopIteration:
+                            pass
+                        except (KeyboardInterrupt, SystemExit):
+                            raise
+                        except BaseException as e:
+                            exc = e
+                        else:
+                            self._start_job((ex, coro, first))  # suspended: the worker goes on
+                            return
+                        if (
+                            exc is None
+                            and ex._ended
+                            and ex._pending_head is None
+                            and ex._gen == self._gen
+                            and self._transport is not None
+                            and not self._timed_out
+                        ):
+                            del queue[0]  # the common case of _handler_done: a complete response
+                            if (
+                                queue
+                                and ex._keep_alive
+                                and not self._closing
+                                and not self._stopped
+                                and self._parsing is not ex
+                                and type(queue[0]) is HttpExchange
+                            ):
+                                ex = queue[0]  # _retire would do nothing yet: the next one
+                                continue
+                            self._retire(ex)
+                        else:
+                            self._handler_done(ex, exc, False)
+                        break
                 finally:
                     _leave_task(loop, worker)
-                if (
-                    exc is None
-                    and ex._ended
-                    and ex._pending_head is None
-                    and ex._gen == self._gen
-                    and self._transport is not None
-                    and not self._timed_out
-                ):
-                    del queue[0]  # the common case of _handler_done: a complete response
-                    self._retire(ex)
-                else:
-                    self._handler_done(ex, exc, False)
         finally:
             self._dispatching = False
 
