@@ -26,7 +26,10 @@ handler takes its first step right inside ``data_received`` with the worker regi
 current task (so ``asyncio.current_task()`` is a real, cancellable task); a handler that
 completes without suspending costs no loop round trip and no Task. One that suspends is handed
 to the worker, which resumes it through :class:`_Continue` (exactly what ``await`` would have
-done, cancellation included) and then runs queued pipelined requests itself. The worker is
+done, cancellation included) and then runs queued pipelined requests itself. Every handler runs
+in a ``contextvars.Context`` of its own, copied from the connection's when the request starts
+and kept for all its steps: what a task per request would give (a request-id variable set
+before an ``await`` is still set after it and never seen by the next request). The worker is
 created with the connection's first request and let go after ``_WORKER_IDLE`` seconds without
 one (at the next deadline tick after the first request: ``_IDLE_AFTER``), so an idle
 keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
 from .compat import guard_writelines
@@ -55,7 +59,14 @@ from .config import Config
 from .deadlines import DeadlineWheel
 from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
 from .http11 import END, ProtocolError, RequestParser, error_response, server_line
-from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Continue, _Disconnected
+from .http_exchange import (
+    _BODY_HIGH,
+    _NOT_STARTED,
+    HttpExchange,
+    _BodyProtocolError,
+    _Continue,
+    _Disconnected,
+)
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -134,7 +145,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue: list[HttpExchange | _ErrorSlot] = []  # [0] is the running one (<= 16)
         self._parsing: HttpExchange | None = None  # exchange whose body is being parsed
         self._busy = False  # the worker task is running a handler (for _queue[0])
-        self._job: tuple[HttpExchange, Any, Any] | None = None  # next job for the worker
+        self._job: tuple[HttpExchange, Any, Any, Any] | None = None  # next job for the worker
         self._job_id = 0  # increments per job (request_timeout matches it)
         self._wake: asyncio.Future[None] | None = None  # the idle worker waits on it
         self._pending = b""  # received bytes not fed yet (reading is paused)
@@ -299,15 +310,7 @@ class HttpConnection(asyncio.Protocol):
     def _on_events(self, events: list[Any]) -> None:
         queue = self._queue
         for ev in events:
-            if type(ev) is RequestHead:
-                self._requests += 1
-                self._head_started = 0.0
-                if self._requests >= self.config.max_requests_per_connection:
-                    ev.keep_alive = False
-                ex = HttpExchange(self, ev)
-                self._parsing = ex
-                queue.append(ex)
-            elif ev is END:
+            if ev is END:  # first: the cheapest test, and one per request
                 ex = self._parsing
                 self._parsing = None
                 if ex is not None:
@@ -316,6 +319,14 @@ class HttpConnection(asyncio.Protocol):
                         ex._wake()
                     if not ex.head.keep_alive:
                         self._closing = True
+            elif type(ev) is RequestHead:
+                self._requests += 1
+                self._head_started = 0.0
+                if self._requests >= self.config.max_requests_per_connection:
+                    ev.keep_alive = False
+                ex = HttpExchange(self, ev)
+                self._parsing = ex
+                queue.append(ex)
             elif type(ev) is bytes:
                 ex = self._parsing
                 if ex is None:
@@ -372,7 +383,7 @@ class HttpConnection(asyncio.Protocol):
                     # job, if any.
                     self._worker = worker = loop.create_task(self._work())
                 if in_task:
-                    self._start_job((ex, None, None))
+                    self._start_job((ex, None, None, None))
                     return
                 # Run handlers' first steps right here, as the worker task (so
                 # asyncio.current_task() is a real task that can be cancelled): entered once for
@@ -381,9 +392,10 @@ class HttpConnection(asyncio.Protocol):
                 try:
                     while True:
                         coro = self.handler(ex)
+                        ctx = copy_context()  # the request's own (see _Continue)
                         exc: BaseException | None = None
                         try:
-                            first = coro.send(None)
+                            first = ctx.run(coro.send, None)
                         except StopIteration:
                             pass
                         except (KeyboardInterrupt, SystemExit):
@@ -391,7 +403,7 @@ class HttpConnection(asyncio.Protocol):
                         except BaseException as e:
                             exc = e
                         else:
-                            self._start_job((ex, coro, first))  # suspended: the worker goes on
+                            self._start_job((ex, coro, first, ctx))  # suspended: to the worker
                             return
                         if (
                             exc is None
@@ -421,7 +433,7 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self._dispatching = False
 
-    def _start_job(self, job: tuple[HttpExchange, Any, Any]) -> None:
+    def _start_job(self, job: tuple[HttpExchange, Any, Any, Any]) -> None:
         self._busy = True
         self._job = job
         self._job_id += 1
@@ -450,14 +462,15 @@ class HttpConnection(asyncio.Protocol):
                 job, self._job = self._job, None
                 if job is None:
                     continue
-                ex, coro, first = job
+                ex, coro, first, ctx = job
                 exc: BaseException | None = None
                 cancelled = False
                 try:
-                    if coro is None:
-                        await self.handler(ex)
-                    else:
-                        await _Continue(coro, first)
+                    if coro is None:  # not started yet: a fresh context, as for the others
+                        ctx = copy_context()
+                        coro = self.handler(ex)
+                        first = _NOT_STARTED
+                    await _Continue(coro, first, ctx)
                 except asyncio.CancelledError:
                     cancelled = True
                     if worker is not None and hasattr(worker, "uncancel"):
@@ -468,7 +481,7 @@ class HttpConnection(asyncio.Protocol):
                 self._handler_done(ex, exc, cancelled)
                 # Drop references now: an exception's traceback holds the handler's frames
                 # (and e.g. its async generators) until this task next wakes up otherwise.
-                exc = job = ex = coro = first = None  # type: ignore[assignment]
+                exc = job = ex = coro = first = ctx = None  # type: ignore[assignment]
                 queue = self._queue
                 if queue and self._transport is not None and not self._busy:
                     nxt = queue[0]
@@ -476,7 +489,7 @@ class HttpConnection(asyncio.Protocol):
                         self._send_error(nxt.error)
                     else:
                         self._busy = True
-                        self._job = (nxt, None, None)
+                        self._job = (nxt, None, None, None)
                         self._job_id += 1
         finally:
             if self._worker is worker:

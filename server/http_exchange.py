@@ -26,6 +26,7 @@ resumes a handler whose first step ran inline (see ``server.connection``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .exchange import ClientDisconnected, ExchangeError, Headers, RequestHead, ResponseStarted
@@ -282,38 +283,52 @@ class HttpExchange:
             await self._conn._drain(self._gen)
 
 
+_NOT_STARTED = object()  # _Continue.first for a coroutine that has not taken its first step
+
+
 class _Continue:
-    """Awaitable that resumes a coroutine which already ran its first step outside a task.
+    """Awaitable that runs a handler coroutine, every step in the request's own context.
 
     Awaited by the worker task, it passes the futures the coroutine yields up to the task and
     sends/throws what the task delivers back down: exactly what ``await coro`` would have
-    done had the first step run inside the task (cancellation included).
+    done (cancellation included), except that each step runs inside ``ctx`` (one
+    :class:`contextvars.Context` per request, as a task per request would have): context
+    variables a handler sets survive its awaits and never leak into the next request. ``first``
+    is what the coroutine yielded when its first step already ran (outside any task), or
+    ``_NOT_STARTED``.
     """
 
-    __slots__ = ("coro", "first")
+    __slots__ = ("coro", "ctx", "first")
 
-    def __init__(self, coro: Any, first: Any) -> None:
+    def __init__(self, coro: Any, first: Any, ctx: contextvars.Context) -> None:
         self.coro = coro
         self.first = first
+        self.ctx = ctx
 
     def __await__(self) -> Any:
         coro = self.coro
+        run = self.ctx.run
         out = self.first
         self.first = None
+        if out is _NOT_STARTED:
+            try:
+                out = run(coro.send, None)
+            except StopIteration as stop:
+                return stop.value
         while True:
             try:
                 sent = yield out
             except GeneratorExit:
-                coro.close()
+                run(coro.close)
                 raise
             except BaseException as exc:
                 try:
-                    out = coro.throw(exc)
+                    out = run(coro.throw, exc)
                 except StopIteration as stop:
                     return stop.value
             else:
                 try:
-                    out = coro.send(sent)
+                    out = run(coro.send, sent)
                 except StopIteration as stop:
                     return stop.value
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json as jsonlib
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -42,6 +43,7 @@ from server.exchange import (
 from server.exchange import (
     Headers as RawHeaders,
 )
+from server.http_exchange import _NOT_STARTED, _Continue
 from server.request import Headers
 
 _BAD = (b"\r", b"\n", b"\x00")
@@ -197,9 +199,10 @@ class TestResponse:
 
 
 async def run_exchange(handler: Any, exchange: MemoryExchange) -> bool:
-    """Run ``handler`` on ``exchange`` as the connection layer would; True if aborted."""
+    """Run ``handler`` on ``exchange`` as the connection layer would (in a context of its own,
+    so context variables it sets stay with the request); True if aborted."""
     try:
-        await handler(exchange)
+        await _Continue(handler(exchange), _NOT_STARTED, contextvars.copy_context())
     except ClientDisconnected:
         return True
     except Exception:

@@ -4,6 +4,7 @@ through the in-memory exchange (end-to-end socket tests live in test_cli.py / th
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -317,6 +318,43 @@ async def test_e2e_starlette_and_fastapi(tmp_path: Path) -> None:
         assert r.json() == {"name": "a", "price": 2.0}
         r = await client.post("/items", content=b"{bad")
         assert r.status_code == 422
+
+
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+async def test_e2e_context_vars_per_request() -> None:
+    """The common request-id pattern: an ASGI middleware sets a context variable, the endpoint
+    reads it after awaiting. Each request sees its own value, never the previous request's on
+    the same keep-alive connection (as with uvicorn's task per request)."""
+    pytest.importorskip("server.serve")
+    import asyncio
+
+    import httpx
+
+    from server.testing import live_server
+
+    app = FastAPI()
+
+    @app.get("/rid")
+    async def rid(wait: int = 0) -> dict[str, str]:
+        if wait:
+            await asyncio.sleep(0.01)
+        return {"rid": _request_id.get()}
+
+    seen: list[str] = []
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(_request_id.get())  # what the request found: always the default
+            _request_id.set(dict(scope["headers"]).get(b"x-request-id", b"").decode())
+        await app(scope, receive, send)
+
+    async with live_server(middleware) as url, httpx.AsyncClient(base_url=url) as client:
+        for i in range(6):
+            r = await client.get("/rid", params={"wait": i % 2}, headers={"x-request-id": f"r{i}"})
+            assert r.json() == {"rid": f"r{i}"}
+    assert seen == ["-"] * 6
 
 
 async def test_e2e_pathsend_large_file(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import http.client
 import logging
 import os
@@ -441,6 +442,35 @@ async def test_current_task_inside_handler() -> None:
         await c.send(get())
         assert (await c.response()).body == b"yes"
         await c.close()
+
+
+_request_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_var", default="unset")
+
+
+async def test_each_request_has_its_own_context() -> None:
+    """Like a task per request (uvicorn, aiohttp): a context variable a handler sets survives
+    its awaits and is not seen by the next request, whether handlers complete without
+    suspending, suspend, or wait in a pipelined queue; variables set around the server are."""
+    _request_var.set("server")  # the test's context: the server task copies it
+
+    async def handler(ex: Exchange) -> None:
+        before = _request_var.get()
+        _request_var.set(ex.head.path)
+        if ex.head.path.startswith("/wait"):
+            await asyncio.sleep(0.01)  # suspends: the rest runs on the worker task
+        ex.respond(200, [], f"{before} {_request_var.get()}".encode())
+
+    async with running(handler) as port:
+        c = await Raw.open(port)
+        for path in ("/a", "/wait1", "/b", "/wait2", "/c"):
+            await c.send(get(path))
+            assert (await c.response()).body == f"server {path}".encode()
+        paths = ("/wait3", "/d", "/wait4", "/e")  # queued behind a suspended handler
+        await c.send(b"".join(get(p) for p in paths))
+        for path in paths:
+            assert (await c.response()).body == f"server {path}".encode()
+        await c.close()
+    assert _request_var.get() == "server"
 
 
 # --- timeouts ---

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any
 
@@ -68,6 +69,18 @@ async def test_run_exchange_rules() -> None:
     assert not await run_exchange(crash, ex) and ex.status == 500
     ex = MemoryExchange(build_head("GET", "/"))
     assert await run_exchange(half, ex)
+
+    async def sets_var(exchange: Any) -> None:
+        _var.set("handler")
+        await asyncio.sleep(0)
+        exchange.respond(200, [], _var.get().encode())
+
+    ex = MemoryExchange(build_head("GET", "/"))
+    assert not await run_exchange(sets_var, ex) and ex.body_chunks == [b"handler"]
+    assert _var.get() == "caller"  # the handler's context was its own
+
+
+_var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="caller")
 
 
 def test_sync_client_native_handler_and_options() -> None:
