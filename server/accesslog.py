@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any, BinaryIO
 
-from server.exchange import Exchange, Headers, RequestHead
+from server.exchange import Exchange, RequestHead, ResponseHeaders
 
 log = logging.getLogger("server.access")
 
@@ -64,13 +64,15 @@ class _Recorder:
     async def receive(self) -> bytes:
         return await self.exchange.receive()
 
-    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+    def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         self.exchange.respond(status, headers, body)
         self.status = status
         if self.head.method != "HEAD":
             self.size = len(body)
 
-    def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
+    def start(
+        self, status: int, headers: ResponseHeaders, content_length: int | None = None
+    ) -> None:
         self.exchange.start(status, headers, content_length)
         self.status = status
 

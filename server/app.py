@@ -59,6 +59,12 @@ CallNext = Callable[[Request], Awaitable[Response]]
 Middleware = Callable[[Request, CallNext], Awaitable[Any]]
 ExceptionHandler = Callable[[Request, Exception], Awaitable[Any]]
 
+# Response headers of plain results, shared by every response (the Exchange contract: headers
+# given to respond() are only read).
+_TEXT = (CT_TEXT,)
+_JSON = (CT_JSON,)
+_BYTES = (CT_BYTES,)
+
 
 class HTTPException(Exception):
     """Raise from a handler to answer ``status`` with ``detail`` (default: the reason phrase)."""
@@ -237,9 +243,9 @@ class App:
                     try:
                         result = await ep.func(request)
                         if type(result) is str:
-                            exchange.respond(200, [CT_TEXT], result.encode())
+                            exchange.respond(200, _TEXT, result.encode())
                         elif type(result) is dict:
-                            exchange.respond(200, [CT_JSON], dump_json(result))
+                            exchange.respond(200, _JSON, dump_json(result))
                         else:
                             await self._send(exchange, result)
                     except Exception as exc:
@@ -256,11 +262,11 @@ class App:
             else:
                 result.respond_now(exchange)
         elif isinstance(result, dict | list):
-            exchange.respond(200, [CT_JSON], dump_json(result))
+            exchange.respond(200, _JSON, dump_json(result))
         elif isinstance(result, bytes):
-            exchange.respond(200, [CT_BYTES], result)
+            exchange.respond(200, _BYTES, result)
         elif isinstance(result, str):
-            exchange.respond(200, [CT_TEXT], result.encode())
+            exchange.respond(200, _TEXT, result.encode())
         elif result is None:
             exchange.respond(204, [], b"")
         else:

@@ -22,10 +22,13 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 Headers = list[tuple[bytes, bytes]]
+# Headers given to respond()/start(): only read, never kept or changed (a tuple may be shared).
+ResponseHeaders = Sequence[tuple[bytes, bytes]]
 
 
 class ExchangeError(Exception):
@@ -105,11 +108,13 @@ class Exchange(Protocol):
         """
         ...
 
-    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+    def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         """Send a whole response at once (Content-Length computed). HEAD sends no body."""
         ...
 
-    def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
+    def start(
+        self, status: int, headers: ResponseHeaders, content_length: int | None = None
+    ) -> None:
         """Begin a streamed response; chunked on HTTP/1.1 when ``content_length`` is None."""
         ...
 

@@ -19,7 +19,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, BinaryIO
 
-from .exchange import Headers, InvalidHeader
+from .exchange import InvalidHeader, ResponseHeaders
 
 __all__ = [
     "LAST_CHUNK",
@@ -145,7 +145,7 @@ def _header_line(pair: tuple[bytes, bytes]) -> tuple[bytes, int]:
 
 def response_head(
     status: int,
-    headers: Headers,
+    headers: ResponseHeaders,
     *,
     content_length: int | None,
     keep_alive: bool,
@@ -191,7 +191,7 @@ _head_date = b""  # the Date line _heads was built with
 
 def _build_head(
     status: int,
-    headers: Headers,
+    headers: ResponseHeaders,
     content_length: int | None,
     keep_alive: bool,
     http10: bool,

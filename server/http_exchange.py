@@ -29,7 +29,13 @@ import asyncio
 import contextvars
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .exchange import ClientDisconnected, ExchangeError, Headers, RequestHead, ResponseStarted
+from .exchange import (
+    ClientDisconnected,
+    ExchangeError,
+    RequestHead,
+    ResponseHeaders,
+    ResponseStarted,
+)
 from .http11 import LAST_CHUNK, ProtocolError, chunk_frame, response_head
 
 if TYPE_CHECKING:
@@ -162,7 +168,7 @@ class HttpExchange:
                 return False
         return True
 
-    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+    def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         if self._started:
             raise ResponseStarted("response already started")
         conn = self._conn
@@ -192,7 +198,9 @@ class HttpExchange:
             else:
                 transport.writelines([head, body])
 
-    def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
+    def start(
+        self, status: int, headers: ResponseHeaders, content_length: int | None = None
+    ) -> None:
         if self._started:
             raise ResponseStarted("response already started")
         head, chunked, keep = response_head(

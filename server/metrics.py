@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.exchange import Exchange, Headers
+from server.exchange import Exchange, ResponseHeaders
 
 __all__ = ["BUCKETS", "Instrument", "MetricsBoard", "WorkerState", "render"]
 
@@ -189,13 +189,15 @@ class _Observed:
         self.status = 0  # status passed to respond/start, 0 = none yet
         self._close = close  # add Connection: close
 
-    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+    def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         if self._close:
             headers = [*headers, (b"connection", b"close")]
         self.exchange.respond(status, headers, body)
         self.status = status
 
-    def start(self, status: int, headers: Headers, content_length: int | None = None) -> None:
+    def start(
+        self, status: int, headers: ResponseHeaders, content_length: int | None = None
+    ) -> None:
         if self._close:
             headers = [*headers, (b"connection", b"close")]
         self.exchange.start(status, headers, content_length)

@@ -581,7 +581,7 @@ class StaticFiles:
                 if reuse:
                     if plans is None:
                         plans = entry.plans = {}
-                    plan.headers = tuple(plan.headers)  # type: ignore[assignment]  # shared now
+                    plan.headers = tuple(plan.headers)  # shared now
                     plans[pkey] = plan
             data = entry.data
             if data is not None and plan.status == 200 and plan.body:

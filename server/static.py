@@ -35,6 +35,7 @@ import calendar
 import html
 import mimetypes
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_tz
 from urllib.parse import quote
@@ -383,7 +384,7 @@ class Plan:
     bytes of the file from ``offset``) and ``trailer``. ``length`` is the Content-Length."""
 
     status: int
-    headers: Headers
+    headers: Sequence[tuple[bytes, bytes]]  # a tuple once the plan is cached and shared
     length: int = 0
     parts: list[tuple[bytes, int, int]] = field(default_factory=list)
     trailer: bytes = b""

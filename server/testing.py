@@ -38,6 +38,7 @@ from server.exchange import (
     ExchangeError,
     InvalidHeader,
     RequestHead,
+    ResponseHeaders,
     ResponseStarted,
 )
 from server.exchange import (
@@ -49,7 +50,7 @@ from server.request import Headers
 _BAD = (b"\r", b"\n", b"\x00")
 
 
-def _check_headers(headers: RawHeaders) -> None:
+def _check_headers(headers: ResponseHeaders) -> None:
     for name, value in headers:
         if not isinstance(name, bytes) or not isinstance(value, bytes):
             raise InvalidHeader(f"header name and value must be bytes: {name!r}: {value!r}")
@@ -104,7 +105,7 @@ class MemoryExchange:
             raise BodyTooLarge(f"request body exceeds {self._max_body} bytes")
         return chunk
 
-    def respond(self, status: int, headers: RawHeaders, body: bytes) -> None:
+    def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         self._begin(status, headers)
         if not any(k.lower() == b"content-length" for k, _ in headers):
             self.headers.append((b"content-length", str(len(body)).encode()))
@@ -112,7 +113,9 @@ class MemoryExchange:
             self.body_chunks.append(bytes(body))
         self.ended = True
 
-    def start(self, status: int, headers: RawHeaders, content_length: int | None = None) -> None:
+    def start(
+        self, status: int, headers: ResponseHeaders, content_length: int | None = None
+    ) -> None:
         self._begin(status, headers)
         self.content_length = content_length
         if content_length is not None:
@@ -120,7 +123,7 @@ class MemoryExchange:
         elif self.head.http_version == "1.1":
             self.headers.append((b"transfer-encoding", b"chunked"))
 
-    def _begin(self, status: int, headers: RawHeaders) -> None:
+    def _begin(self, status: int, headers: ResponseHeaders) -> None:
         if self.status is not None:
             raise ResponseStarted("response already started")
         _check_headers(headers)
