@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextvars import copy_context
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any
 
 from .compat import guard_writelines
@@ -93,6 +93,20 @@ _leave_task = asyncio.tasks._leave_task
 _IDLE_AFTER = (0.0, _WORKER_IDLE)
 
 
+def _cancelled(loop: asyncio.AbstractEventLoop, coro: Any, first: Any) -> Any:
+    """Deliver a cancel to a handler coroutine about to be continued from ``first``: what
+    ``Task.cancel`` does (cancel the future it waits on; a bare yield gets a cancelled one).
+    Not started yet: it is closed and the cancel raised, as for a task cancelled before it ran."""
+    if first is _NOT_STARTED:
+        coro.close()
+        raise asyncio.CancelledError
+    if not (asyncio.isfuture(first) and first.cancel()):
+        first = loop.create_future()
+        first.cancel()
+        first._asyncio_future_blocking = True  # as Future.__await__ yields it
+    return first
+
+
 class _ErrorSlot:
     """A queue entry standing for a protocol error to answer in turn, then close."""
 
@@ -109,7 +123,8 @@ class HttpConnection(asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     __slots__ = (
-        "_body_wait_since _busy _closing _dispatching _dl_bucket _dl_next _dl_prev "
+        "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
+        "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _head_started _job _job_id _last_activity _lingering _loop "
         "_parser _parsing _pending _queue _requests _server_line _shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
@@ -147,6 +162,10 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False  # the worker task is running a handler (for _queue[0])
         self._job: tuple[HttpExchange, Any, Any, Any] | None = None  # next job for the worker
         self._job_id = 0  # increments per job (request_timeout matches it)
+        # a cancel of the worker task that was meant for the job not yet taken (see _work)
+        self._cancel_pending = False
+        # the context requests copy theirs from: the connection's, as it was when it was made
+        self._base_ctx: Context | None = None
         self._wake: asyncio.Future[None] | None = None  # the idle worker waits on it
         self._pending = b""  # received bytes not fed yet (reading is paused)
         self._stopped = False  # feeding stopped; reading paused
@@ -177,6 +196,9 @@ class HttpConnection(asyncio.Protocol):
         guard_writelines(transport)  # stock asyncio 3.12+: a writelines that never pauses
         self._transport = transport  # type: ignore[assignment]
         self._loop = loop = asyncio.get_running_loop()
+        # Not the context data_received runs in later: stock asyncio's resume_reading makes a
+        # reader handle in whatever context calls it (a handler's, through receive()).
+        self._base_ctx = copy_context()
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self._parser.reset(
@@ -382,6 +404,7 @@ class HttpConnection(asyncio.Protocol):
                     # idle keep-alive connection holds no task. Not started yet: _work finds the
                     # job, if any.
                     self._worker = worker = loop.create_task(self._work())
+                    worker.add_done_callback(self._worker_done)
                 if in_task:
                     self._start_job((ex, None, None, None))
                     return
@@ -392,7 +415,7 @@ class HttpConnection(asyncio.Protocol):
                 try:
                     while True:
                         coro = self.handler(ex)
-                        ctx = copy_context()  # the request's own (see _Continue)
+                        ctx = self._base_ctx.copy()  # type: ignore[union-attr]  # see _Continue
                         exc: BaseException | None = None
                         try:
                             first = ctx.run(coro.send, None)
@@ -455,7 +478,16 @@ class HttpConnection(asyncio.Protocol):
                     if self._transport is None:
                         return
                     self._wake = wake = loop.create_future()
-                    await wake
+                    try:
+                        await wake
+                    except asyncio.CancelledError:
+                        # Cancelled after a job was handed over but before this task took it
+                        # (a handler cancelling its own task, a timeout, a lost client): the
+                        # cancel is the job's, as it would be with a task per request.
+                        if self._worker is not worker or self._job is None:
+                            raise
+                        worker.uncancel()
+                        self._cancel_pending = True
                     if self._worker is not worker:
                         return  # the connection was released (and maybe reused) meanwhile
                     self._wake = None
@@ -467,16 +499,19 @@ class HttpConnection(asyncio.Protocol):
                 cancelled = False
                 try:
                     if coro is None:  # not started yet: a fresh context, as for the others
-                        ctx = copy_context()
+                        ctx = self._base_ctx.copy()  # type: ignore[union-attr]
                         coro = self.handler(ex)
                         first = _NOT_STARTED
+                    if self._cancel_pending:
+                        self._cancel_pending = False
+                        first = _cancelled(loop, coro, first)
                     await _Continue(coro, first, ctx)
                 except asyncio.CancelledError:
                     cancelled = True
-                    if worker is not None and hasattr(worker, "uncancel"):
-                        worker.uncancel()
                 except Exception as e:
                     exc = e
+                while worker.uncancel() > 0:  # type: ignore[union-attr]
+                    pass  # no cancel request outlives its job (cancelling() starts at 0)
                 self._busy = False
                 self._handler_done(ex, exc, cancelled)
                 # Drop references now: an exception's traceback holds the handler's frames
@@ -496,6 +531,21 @@ class HttpConnection(asyncio.Protocol):
                 self._worker = None
                 if self._transport is None:
                     self._release()
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        """A worker task ended. If it is still ours, it was cancelled before its first step
+        (a handler cancelled its own task in the step it took inline) and ``_work`` never ran:
+        a new worker takes the job and the cancel, or the connection is let go."""
+        if self._worker is not task:
+            return  # it ended through _work's finally
+        self._worker = None
+        if self._job is None or self._transport is None:
+            if self._transport is None:
+                self._release()
+            return
+        self._cancel_pending = True
+        self._worker = worker = self._loop.create_task(self._work())
+        worker.add_done_callback(self._worker_done)
 
     def _drop_worker(self) -> None:
         """Let an idle worker task end (it holds ~1 KiB); the next request makes a new one."""

@@ -89,7 +89,6 @@ class _DateCache:
 
 
 _date = _DateCache()
-_now = time.time
 
 
 def date_header(now: float | None = None) -> bytes:
@@ -166,7 +165,7 @@ def response_head(
     global _head_date
     key: tuple[Any, ...] | None = None
     if date is None:
-        sec = int(_now())  # _date.get(), inlined: once per response
+        sec = int(time.time())  # _date.get(), inlined: once per response
         date = _date.line if sec == _date.second else _date.get(sec)
         if date is not _head_date:
             _heads.clear()

@@ -465,12 +465,73 @@ async def test_each_request_has_its_own_context() -> None:
         for path in ("/a", "/wait1", "/b", "/wait2", "/c"):
             await c.send(get(path))
             assert (await c.response()).body == f"server {path}".encode()
-        paths = ("/wait3", "/d", "/wait4", "/e")  # queued behind a suspended handler
-        await c.send(b"".join(get(p) for p in paths))
-        for path in paths:
-            assert (await c.response()).body == f"server {path}".encode()
+        for paths in (
+            ("/wait3", "/d", "/wait4", "/e"),  # queued behind a suspended handler
+            ("/f", "/g", "/h"),  # a batch of handlers run inline, one after the other
+        ):
+            await c.send(b"".join(get(p) for p in paths))
+            for path in paths:
+                assert (await c.response()).body == f"server {path}".encode()
         await c.close()
     assert _request_var.get() == "server"
+
+
+async def test_request_context_survives_reading_the_body() -> None:
+    """A handler that resumes reading (a body bigger than the buffered high-water mark) must
+    not make later requests start from its context (stock asyncio's resume_reading makes a new
+    reader handle in the caller's context)."""
+
+    async def handler(ex: Exchange) -> None:
+        before = _request_var.get()
+        _request_var.set(ex.head.path)
+        await asyncio.sleep(0.05)  # let the body pile up: reading pauses
+        size = 0
+        while chunk := await ex.receive():
+            size += len(chunk)
+        ex.respond(200, [], f"{before} {size}".encode())
+
+    async with running(handler) as port:
+        c = await Raw.open(port)
+        body = b"x" * 600_000
+        await c.send(b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 600000\r\n\r\n" + body)
+        assert (await c.response()).body == b"unset 600000"
+        await c.send(get("/next"))
+        assert (await c.response()).body == b"unset 0"
+        await c.close()
+
+
+@pytest.mark.parametrize("where", ["first step", "second request"])
+async def test_handler_cancelling_its_own_task(where: str) -> None:
+    """asyncio.current_task().cancel() in a handler (what a timeout does): the handler gets the
+    CancelledError at its next await, whether or not the connection's worker task had taken
+    over yet, may catch it and answer; the connection goes on serving."""
+
+    async def handler(ex: Exchange) -> None:
+        if ex.head.path == "/cancel":
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                ex.respond(200, [], b"cancelled %d" % task.cancelling())
+                return
+            ex.respond(200, [], b"not cancelled")
+            return
+        await asyncio.sleep(0)
+        ex.respond(200, [], b"ok %d" % asyncio.current_task().cancelling())  # type: ignore[union-attr]
+
+    async with running(handler) as port:
+        c = await Raw.open(port)
+        if where == "second request":
+            await c.send(get("/"))
+            assert (await c.response()).body == b"ok 0"
+        await c.send(get("/cancel"))
+        r = await asyncio.wait_for(c.response(), 5)
+        assert r.body.startswith(b"cancelled")
+        await c.send(get("/"))
+        assert (await asyncio.wait_for(c.response(), 5)).body == b"ok 0"
+        await c.close()
 
 
 # --- timeouts ---
