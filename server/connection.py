@@ -253,6 +253,7 @@ class HttpConnection(asyncio.Protocol):
             self._wheel.cancel(self)  # type: ignore[union-attr]
         worker = self._worker
         if worker is None or worker.done():
+            self._worker = None  # (one cancelled before its first step never cleared itself)
             self._release()
         elif self._busy:
             if not woken:
@@ -539,9 +540,11 @@ class HttpConnection(asyncio.Protocol):
         if self._worker is not task:
             return  # it ended through _work's finally
         self._worker = None
-        if self._job is None or self._transport is None:
-            if self._transport is None:
+        if self._transport is None:
+            if self._busy:  # connection_lost left the release to this worker
                 self._release()
+            return
+        if self._job is None:
             return
         self._cancel_pending = True
         self._worker = worker = self._loop.create_task(self._work())
