@@ -252,7 +252,9 @@ class HttpConnection(asyncio.Protocol):
         if self._dl_bucket is not None:
             self._wheel.cancel(self)  # type: ignore[union-attr]
         worker = self._worker
-        if worker is None or worker.done():
+        if worker is not None and worker.done() and self._job is not None:
+            pass  # cancelled before its first step: _worker_done cancels the job, releases us
+        elif worker is None or worker.done():
             self._worker = None  # (one cancelled before its first step never cleared itself)
             self._release()
         elif self._busy:
@@ -404,8 +406,7 @@ class HttpConnection(asyncio.Protocol):
                     # Created lazily, dropped after a while idle (_on_timer, armed by _retire): an
                     # idle keep-alive connection holds no task. Not started yet: _work finds the
                     # job, if any.
-                    self._worker = worker = loop.create_task(self._work())
-                    worker.add_done_callback(self._worker_done)
+                    worker = self._new_worker()
                 if in_task:
                     self._start_job((ex, None, None, None))
                     return
@@ -429,6 +430,9 @@ class HttpConnection(asyncio.Protocol):
                         else:
                             self._start_job((ex, coro, first, ctx))  # suspended: to the worker
                             return
+                        stale = worker.cancelling() > 0  # it cancelled its own task, then ended
+                        if stale:
+                            self._drop_worker()  # the cancel goes with it, not to the next one
                         if (
                             exc is None
                             and ex._ended
@@ -440,6 +444,7 @@ class HttpConnection(asyncio.Protocol):
                             del queue[0]  # the common case of _handler_done: a complete response
                             if (
                                 queue
+                                and not stale
                                 and ex._keep_alive
                                 and not self._closing
                                 and not self._stopped
@@ -487,8 +492,7 @@ class HttpConnection(asyncio.Protocol):
                         # cancel is the job's, as it would be with a task per request.
                         if self._worker is not worker or self._job is None:
                             raise
-                        worker.uncancel()
-                        self._cancel_pending = True
+                        self._cancel_pending = True  # (cancelling() stays 1, as for a task)
                     if self._worker is not worker:
                         return  # the connection was released (and maybe reused) meanwhile
                     self._wake = None
@@ -511,8 +515,14 @@ class HttpConnection(asyncio.Protocol):
                     cancelled = True
                 except Exception as e:
                     exc = e
-                while worker.uncancel() > 0:  # type: ignore[union-attr]
-                    pass  # no cancel request outlives its job (cancelling() starts at 0)
+                # No cancel request outlives its job. One the handler did not let escape may
+                # still be armed on this task (before 3.13 uncancel() leaves it): a fresh worker
+                # serves what comes next.
+                stale = False
+                if worker.cancelling():  # type: ignore[union-attr]
+                    while worker.uncancel() > 0:  # type: ignore[union-attr]
+                        pass
+                    stale = not cancelled
                 self._busy = False
                 self._handler_done(ex, exc, cancelled)
                 # Drop references now: an exception's traceback holds the handler's frames
@@ -524,9 +534,12 @@ class HttpConnection(asyncio.Protocol):
                     if isinstance(nxt, _ErrorSlot):
                         self._send_error(nxt.error)
                     else:
-                        self._busy = True
-                        self._job = (nxt, None, None, None)
-                        self._job_id += 1
+                        self._start_job((nxt, None, None, None))  # (its request_timeout too)
+                if stale and self._worker is worker and self._transport is not None:
+                    self._worker = None
+                    if self._job is not None:
+                        self._new_worker()
+                    return
         finally:
             if self._worker is worker:
                 self._worker = None
@@ -540,15 +553,17 @@ class HttpConnection(asyncio.Protocol):
         if self._worker is not task:
             return  # it ended through _work's finally
         self._worker = None
-        if self._transport is None:
-            if self._busy:  # connection_lost left the release to this worker
+        if self._job is None:
+            if self._transport is None and self._busy:  # connection_lost left it to the worker
                 self._release()
             return
-        if self._job is None:
-            return
-        self._cancel_pending = True
+        self._cancel_pending = True  # (also when the client is gone: the new worker releases)
+        self._new_worker()
+
+    def _new_worker(self) -> asyncio.Task[None]:
         self._worker = worker = self._loop.create_task(self._work())
         worker.add_done_callback(self._worker_done)
+        return worker
 
     def _drop_worker(self) -> None:
         """Let an idle worker task end (it holds ~1 KiB); the next request makes a new one."""

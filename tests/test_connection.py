@@ -528,9 +528,79 @@ async def test_handler_cancelling_its_own_task(where: str) -> None:
             assert (await c.response()).body == b"ok 0"
         await c.send(get("/cancel"))
         r = await asyncio.wait_for(c.response(), 5)
-        assert r.body.startswith(b"cancelled")
+        assert r.body == b"cancelled 1"  # as with a task per request
         await c.send(get("/"))
         assert (await asyncio.wait_for(c.response(), 5)).body == b"ok 0"
+        await c.close()
+
+
+async def test_stale_cancel_does_not_reach_the_next_request() -> None:
+    """A handler that cancels its own task and finishes without awaiting again (inline or on
+    the worker, with the worker idle or not started yet) leaves no cancel for the pipelined
+    request after it, as with a task per request."""
+
+    async def handler(ex: Exchange) -> None:
+        if ex.head.path.startswith("/w"):
+            await asyncio.sleep(0)  # on the worker from here
+        if ex.head.path.endswith("cancel"):
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            ex.respond(200, [], b"cancel")
+            return
+        await asyncio.sleep(0)
+        ex.respond(200, [], b"ok")
+
+    async with running(handler) as port:
+        for warm in (False, True):
+            for first in ("/cancel", "/wcancel"):
+                c = await Raw.open(port)
+                if warm:  # the worker exists and waits for a job
+                    await c.send(get("/w") + get("/w"))
+                    assert [(await c.response()).body for _ in range(2)] == [b"ok", b"ok"]
+                await c.send(get(first) + get("/b") + get("/c"))
+                bodies = [(await asyncio.wait_for(c.response(), 5)).body for _ in range(3)]
+                assert bodies == [b"cancel", b"ok", b"ok"], (warm, first)
+                await c.close()
+
+
+async def test_cancel_before_the_worker_started_then_client_gone() -> None:
+    """A handler cancels its own task in its inline first step and the connection is lost
+    before the worker ever ran: the handler still gets the CancelledError (not a GeneratorExit
+    from garbage collection) and its finally block runs."""
+    seen: list[str] = []
+
+    async def handler(ex: Exchange) -> None:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        ex._conn._transport.abort()  # type: ignore[attr-defined]
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        except GeneratorExit:
+            seen.append("generatorexit")
+            raise
+        finally:
+            seen.append("finally")
+
+    async with running(handler) as port:
+        c = await Raw.open(port)
+        await c.send(get("/x"))
+        assert await c.closed()
+        await asyncio.sleep(0.1)
+        await c.close()
+    assert seen == ["cancelled", "finally"]
+
+
+async def test_request_timeout_applies_to_pipelined_requests_run_by_the_worker() -> None:
+    async def handler(ex: Exchange) -> None:
+        await asyncio.sleep(0.01 if ex.head.path == "/a" else 3)
+        ex.respond(200, [], b"done")
+
+    async with running(handler, request_timeout=0.3) as port:
+        c = await Raw.open(port)
+        await c.send(get("/a") + get("/hang"))
+        assert (await c.response()).body == b"done"
+        assert (await asyncio.wait_for(c.response(), 2)).status == 503
         await c.close()
 
 
