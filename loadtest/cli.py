@@ -14,6 +14,7 @@ bench      loadtest.bench           the side-by-side wrk comparison -> bench.md/
 scaleout   loadtest.scaleout        HAProxy + two servers + locust master/2 workers on loopback
 soak       loadtest.soak            long-running stability run: server RSS and fds over time
 idlemem    loadtest.idlemem         server memory per idle keep-alive connection, side by side
+instrcount loadtest.instrcount      instructions per request of the server layers (callgrind)
 =========  =======================  ===============================================================
 
 Adding a subcommand: write ``loadtest/NAME.py`` with ``add_arguments`` and ``main``, and add one
@@ -36,6 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "scaleout": ("loadtest.scaleout", "HAProxy + 2 servers + locust master/2 workers on loopback"),
     "soak": ("loadtest.soak", "long-running stability run: RSS and fds over time"),
     "idlemem": ("loadtest.idlemem", "server memory per idle keep-alive connection, side by side"),
+    "instrcount": ("loadtest.instrcount", "instructions per request of the server layers"),
 }
 
 

@@ -193,8 +193,25 @@ def test_mixed_app_routes() -> None:
 def test_cli_lists_subcommands() -> None:
     out = _loadtest("--help")
     assert out.returncode == 0
-    for name in ("run", "bench", "scaleout"):
+    for name in ("run", "bench", "scaleout", "instrcount"):
         assert name in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("kind", "pipe", "path"), [("native", 16, "/plaintext"), ("asgi", 1, "/json")]
+)
+def test_instrcount_driver_answers_every_request(kind: str, pipe: int, path: str) -> None:
+    """The in-process driver the instruction counts come from: every request fed gets its 200
+    (so the count is of real responses), and the command line runs it (timed, no valgrind)."""
+    from loadtest.instrcount import drive
+
+    assert drive(kind, pipe, 320, path)[0] == 320
+    assert drive(kind, pipe, 320, path, check=False)[0] == 320  # one write per response
+    out = _loadtest(
+        "instrcount", "--no-valgrind", "--kind", kind, "--pipe", str(pipe), "--path", path
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"{kind} {path} pipe={pipe}:" in out.stdout and "µs/request" in out.stdout
 
 
 @needs_locust
