@@ -372,7 +372,7 @@ class App:
             return  # too late to answer; the connection aborts the half-sent response
         log.error("Unhandled exception in %s %s", request.method, request.path, exc_info=exc)
         if not exchange.response_started:
-            exchange.respond(500, [CT_TEXT], b"Internal Server Error")
+            exchange.respond(500, _TEXT, b"Internal Server Error")
 
     def __repr__(self) -> str:
         return (
