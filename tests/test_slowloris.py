@@ -2,17 +2,23 @@
 
 Theory of operation. The server runs in a subprocess (``python -m server`` on the default
 netpoll loop, ``loadtest.mixed_app``, a short ``header_timeout``) so that the attack and the
-measuring clients, which live in this process, do not share its CPU accounting. Three client
-threads do keep-alive ``GET /plaintext`` requests (raw sockets, one request at a time) and
-count completed requests in fixed windows. Windows alternate: baseline (no slow connections),
-then attack (300 connections opened, each sending a request line and then one header byte
-about every second), three times each; the slow connections are reset after each attack
-window. Two ratios attack/baseline are computed from the medians: requests per wall second
-and requests per second of *server* CPU (``utime + stime`` from ``/proc``). The second one
-does not depend on what else the machine runs, so it is the one asserted to stay >= 0.9;
-the wall ratio is asserted with a looser bound (noisy on a shared 2-core machine) and
-printed. Finally 300 slow connections are left to trickle until the deadline: every one must
-receive ``408`` and be closed. The whole test is bounded (about 15 s).
+measuring clients, which live in this process, do not share its CPU accounting. What is
+asserted is behaviour with wide margins, not a throughput ratio (those belong in benchmarks:
+on a shared 2-core machine a ratio of two timed windows moves by 20 % on its own):
+
+* **nobody waits on the attack**: three client threads do keep-alive ``GET /plaintext``
+  requests (raw sockets, one request at a time) while 300 connections each send a request
+  line and then one header byte about every second; every request is answered, each window
+  makes progress, and no request takes longer than ``MAX_LATENCY`` (a server that reads a
+  slow head synchronously, or serves connections from a small thread pool, stalls for the
+  whole header timeout);
+* **the attack costs the server almost nothing**: with only the 300 trickling connections,
+  the server uses under ``MAX_CPU_SHARE`` of a core (a loop spinning on a partial head, or
+  re-parsing it from the start on every byte, shows up here);
+* **every slow connection gets ``408`` and is closed at the header deadline**.
+
+The requests/s under attack against a baseline are printed for information. The whole module
+is bounded (about 25 s).
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ HEADER_TIMEOUT = 4.0
 WINDOW = 1.5
 ROUNDS = 3
 CLIENTS = 3
+MAX_LATENCY = 1.0  # seconds for one request under attack (a stall lasts HEADER_TIMEOUT)
+MAX_CPU_SHARE = 0.1  # of one core, for 300 trickling connections (expected: about 1 %)
+IDLE_WINDOW = 3.0
 REQUEST = b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -51,6 +60,7 @@ class Counter:
     def __init__(self, port: int) -> None:
         self.port = port
         self.count = 0  # completed requests (all threads)
+        self.worst = 0.0  # longest request since the last take_worst() (seconds)
         self.errors: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -70,6 +80,7 @@ class Counter:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             buf = b""
             while not self.stop.is_set():
+                sent = time.monotonic()
                 s.sendall(REQUEST)
                 while True:  # one small response: head + "Hello, World!"
                     end = buf.find(b"\r\n\r\n")
@@ -85,10 +96,19 @@ class Counter:
                     if not got:
                         raise ConnectionError("server closed a keep-alive connection")
                     buf += got
+                took = time.monotonic() - sent
                 with self.lock:
                     self.count += 1
+                    if took > self.worst:
+                        self.worst = took
                 if b"\r\nconnection: close" in head:
                     return
+
+    def take_worst(self) -> float:
+        """Longest request since the last call; starts a new interval."""
+        with self.lock:
+            worst, self.worst = self.worst, 0.0
+        return worst
 
     def close(self) -> None:
         self.stop.set()
@@ -152,47 +172,57 @@ def server() -> Iterator[ServerProcess]:
         yield proc
 
 
-def window(counter: Counter, pid: int) -> tuple[float, float]:
-    """(requests per wall second, requests per server CPU second) over one window."""
-    c0, t0, w0 = counter.count, server_cpu(pid), time.monotonic()
+def window(counter: Counter) -> tuple[int, float]:
+    """(requests completed, longest request) over one window."""
+    counter.take_worst()
+    c0 = counter.count
     time.sleep(WINDOW)  # the measuring window itself
-    c1, t1, w1 = counter.count, server_cpu(pid), time.monotonic()
-    done = c1 - c0
-    return done / (w1 - w0), done / max(t1 - t0, 1.0 / TICK)
+    return counter.count - c0, counter.take_worst()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_slowloris_normal_clients_keep_their_throughput(server: ServerProcess) -> None:
-    pid = server.proc.pid
+def test_slowloris_does_not_stall_normal_clients(server: ServerProcess) -> None:
     counter = Counter(server.port)
-    base_wall, base_cpu, atk_wall, atk_cpu = [], [], [], []
+    base, atk, atk_worst = [], [], []
     try:
-        window(counter, pid)  # warm-up
+        window(counter)  # warm-up
         for _ in range(ROUNDS):
-            w, c = window(counter, pid)
-            base_wall.append(w)
-            base_cpu.append(c)
+            base.append(window(counter)[0])
             attack = Slowloris(server.port)
             try:
-                w, c = window(counter, pid)
-                atk_wall.append(w)
-                atk_cpu.append(c)
+                done, worst = window(counter)
+                atk.append(done)
+                atk_worst.append(worst)
             finally:
                 attack.reset()
     finally:
         counter.close()
     assert not counter.errors, counter.errors
-    wall_ratio = statistics.median(atk_wall) / statistics.median(base_wall)
-    cpu_ratio = statistics.median(atk_cpu) / statistics.median(base_cpu)
+    ratio = statistics.median(atk) / statistics.median(base)
     print(
-        f"\nslowloris: baseline {statistics.median(base_wall):.0f} req/s, under attack "
-        f"{statistics.median(atk_wall):.0f} req/s (ratio {wall_ratio:.2f}); requests per "
-        f"server CPU second {statistics.median(base_cpu):.0f} -> "
-        f"{statistics.median(atk_cpu):.0f} (ratio {cpu_ratio:.2f})"
+        f"\nslowloris: {statistics.median(base) / WINDOW:.0f} req/s before, "
+        f"{statistics.median(atk) / WINDOW:.0f} under attack (ratio {ratio:.2f}, not asserted); "
+        f"longest request under attack {max(atk_worst) * 1000:.1f} ms"
     )
-    assert cpu_ratio >= 0.9, (base_cpu, atk_cpu)
-    assert wall_ratio >= 0.75, (base_wall, atk_wall)  # noisy on a shared machine
+    assert min(atk) > 0, atk  # every attack window made progress
+    assert max(atk_worst) < MAX_LATENCY, atk_worst
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_slowloris_costs_the_server_almost_nothing(server: ServerProcess) -> None:
+    pid = server.proc.pid
+    attack = Slowloris(server.port)
+    try:
+        time.sleep(1.0)  # accepted and read their request lines; from here only the trickle
+        c0, w0 = server_cpu(pid), time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        share = (server_cpu(pid) - c0) / (time.monotonic() - w0)
+    finally:
+        attack.reset()
+    print(f"\nslowloris: {SLOW} trickling connections use {share:.1%} of a server core")
+    assert share < MAX_CPU_SHARE, share
 
 
 @pytest.mark.slow
