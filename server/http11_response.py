@@ -145,7 +145,6 @@ def _header_line(pair: tuple[bytes, bytes]) -> tuple[bytes, int]:
 def response_head(
     status: int,
     headers: ResponseHeaders,
-    *,
     content_length: int | None,
     keep_alive: bool,
     http10: bool = False,
@@ -171,7 +170,10 @@ def response_head(
             _heads.clear()
             _head_date = date
         try:
-            key = (status, content_length, keep_alive, http10, server, *headers)
+            if type(headers) is tuple:  # (shared header tuples: hashed as one element)
+                key = (status, content_length, keep_alive, http10, server, headers)
+            else:  # (None: never equal to the key of a tuple, whatever the pairs are)
+                key = (status, content_length, keep_alive, http10, server, None, *headers)
             hit = _heads.get(key)
         except TypeError:  # a list pair or a bytearray: not hashable
             key = hit = None

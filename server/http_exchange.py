@@ -176,12 +176,7 @@ class HttpExchange:
         if keep and (conn._closing or not self._done_body):
             keep = self._response_keep_alive()
         head, _, keep = response_head(
-            status,
-            headers,
-            content_length=len(body),
-            keep_alive=keep,
-            http10=self.head.http_version == "1.0",
-            server=conn._server_line,
+            status, headers, len(body), keep, self.head.http_version == "1.0", conn._server_line
         )
         self._started = self._ended = True
         self._keep_alive = keep

@@ -302,6 +302,20 @@ def test_response_head_streamed_and_close() -> None:
 def test_invalid_response_headers(headers: list[tuple[bytes, bytes]]) -> None:
     with pytest.raises(InvalidHeader):
         response_head(200, headers, content_length=0, keep_alive=True)
+    with pytest.raises(InvalidHeader):  # a tuple is cached whole: still checked first
+        response_head(200, tuple(headers), content_length=0, keep_alive=True)
+
+
+def test_cached_heads_same_for_tuple_and_list_headers_and_never_mixed_up() -> None:
+    pairs = [(b"content-type", b"text/plain"), (b"x-a", b"1")]
+    for _ in range(2):  # built, then from the cache
+        from_tuple = response_head(200, tuple(pairs), content_length=3, keep_alive=True)
+        from_list = response_head(200, list(pairs), content_length=3, keep_alive=True)
+        assert from_tuple == from_list
+        assert from_tuple[0].count(b"x-a: 1\r\n") == 1
+    # a list whose one "pair" is the tuple of pairs: invalid, never the tuple's cached head
+    with pytest.raises((InvalidHeader, TypeError)):
+        response_head(200, [tuple(pairs)], content_length=3, keep_alive=True)  # type: ignore[list-item]
 
 
 def test_status_lines_and_dates() -> None:
