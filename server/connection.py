@@ -18,18 +18,12 @@ and resumes when the reason goes away. Responses are written with one ``write``/
 of ``[head, body]``; streamed writes await ``resume_writing`` while the transport is above its
 high-water mark (a slow reader pauses the handler). The per-request side (body chunks, response
 framing, sendfile/splice bodies) is :class:`~server.http_exchange.HttpExchange`, in its own
-module; this one keeps everything per connection: parsing, ordering, flow control, timers,
-handler scheduling and the pool.
+module; this one keeps everything per connection: parsing, ordering, flow control, timers
+and the pool.
 
-Handlers run without a Task per request: each connection has one *worker* task. A new request's
-handler takes its first step right inside ``data_received`` with the worker registered as the
-current task (so ``asyncio.current_task()`` is a real, cancellable task); a handler that
-completes without suspending costs no loop round trip and no Task. One that suspends is handed
-to the worker, which resumes it through :class:`_Continue` (exactly what ``await`` would have
-done, cancellation included) and then runs queued pipelined requests itself. Every handler runs
-in a ``contextvars.Context`` of its own, copied from the connection's when the request starts
-and kept for all its steps: what a task per request would give (a request-id variable set
-before an ``await`` is still set after it and never seen by the next request). The worker is
+Handlers are run by :class:`~server.worker.HandlerRunner` (a mixin of this class, in its own
+module): the first step of a handler right inside ``data_received``, the rest by one *worker*
+task per connection, each request in a ``contextvars.Context`` of its own. The worker is
 created with the connection's first request and let go after ``_WORKER_IDLE`` seconds without
 one (at the next deadline tick after the first request: ``_IDLE_AFTER``), so an idle
 keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
@@ -59,14 +53,8 @@ from .config import Config
 from .deadlines import DeadlineWheel
 from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
 from .http11 import END, ProtocolError, RequestParser, error_response, server_line
-from .http_exchange import (
-    _BODY_HIGH,
-    _NOT_STARTED,
-    HttpExchange,
-    _BodyProtocolError,
-    _Continue,
-    _Disconnected,
-)
+from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Disconnected
+from .worker import HandlerRunner, _ErrorSlot
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -77,14 +65,6 @@ logger = logging.getLogger("server")
 
 _LINGER = 2.0  # seconds a lingering close waits for the client's FIN
 _WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task go
-try:  # asyncio.current_task(loop) without its Python wrapper (3.11 has no C version)
-    from _asyncio import current_task as _current_task  # type: ignore[attr-defined]
-except ImportError:
-    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
-_enter_task = asyncio.tasks._enter_task
-_leave_task = asyncio.tasks._leave_task
-
-
 # Seconds idle after which a connection lets its worker task and llhttp parser go, indexed by
 # "has it served more than one request": at the next deadline tick after its first request (most
 # connections that served one request stay idle: that is where idle memory piles up when many
@@ -93,33 +73,7 @@ _leave_task = asyncio.tasks._leave_task
 _IDLE_AFTER = (0.0, _WORKER_IDLE)
 
 
-def _cancelled(loop: asyncio.AbstractEventLoop, coro: Any, first: Any) -> Any:
-    """Deliver a cancel to a handler coroutine about to be continued from ``first``: what
-    ``Task.cancel`` does (cancel the future it waits on; a bare yield gets a cancelled one).
-    Not started yet: it is closed and the cancel raised, as for a task cancelled before it ran."""
-    if first is _NOT_STARTED:
-        coro.close()
-        raise asyncio.CancelledError
-    if not (asyncio.isfuture(first) and first.cancel()):
-        first = loop.create_future()
-        first.cancel()
-        first._asyncio_future_blocking = True  # as Future.__await__ yields it
-    return first
-
-
-class _ErrorSlot:
-    """A queue entry standing for a protocol error to answer in turn, then close."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: ProtocolError) -> None:
-        self.error = error
-
-    def __repr__(self) -> str:
-        return f"<_ErrorSlot {self.error!r}>"
-
-
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(HandlerRunner, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     __slots__ = (
@@ -383,248 +337,6 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     queue.append(_ErrorSlot(ev))
         events.clear()
-
-    # --- running handlers ---
-    def _dispatch(self) -> None:
-        if self._dispatching:
-            return  # re-entered through _retire -> _resume -> _feed: the outer loop goes on
-        self._dispatching = True
-        queue = self._queue
-        loop = self._loop
-        # Inside some task (e.g. a handler's receive() resumed reading), handlers go to the
-        # connection's worker task; else they start right here. Entering and leaving the worker
-        # below restores this, so it is asked once, not per request.
-        in_task = _current_task(loop) is not None
-        try:
-            while queue and not self._busy and self._transport is not None:
-                ex = queue[0]
-                if type(ex) is _ErrorSlot:
-                    self._send_error(ex.error)
-                    return
-                worker = self._worker
-                if worker is None:
-                    # Created lazily, dropped after a while idle (_on_timer, armed by _retire): an
-                    # idle keep-alive connection holds no task. Not started yet: _work finds the
-                    # job, if any.
-                    worker = self._new_worker()
-                if in_task:
-                    self._start_job((ex, None, None, None))
-                    return
-                # Run handlers' first steps right here, as the worker task (so
-                # asyncio.current_task() is a real task that can be cancelled): entered once for
-                # a pipelined batch of handlers that complete without suspending.
-                _enter_task(loop, worker)
-                try:
-                    while True:
-                        coro = self.handler(ex)
-                        ctx = self._base_ctx.copy()  # type: ignore[union-attr]  # see _Continue
-                        exc: BaseException | None = None
-                        try:
-                            first = ctx.run(coro.send, None)
-                        except StopIteration:
-                            pass
-                        except (KeyboardInterrupt, SystemExit):
-                            raise
-                        except BaseException as e:
-                            exc = e
-                        else:
-                            self._start_job((ex, coro, first, ctx))  # suspended: to the worker
-                            return
-                        stale = worker.cancelling() > 0  # it cancelled its own task, then ended
-                        if stale:
-                            self._drop_worker()  # the cancel goes with it, not to the next one
-                        if (
-                            exc is None
-                            and ex._ended
-                            and ex._pending_head is None
-                            and ex._gen == self._gen
-                            and self._transport is not None
-                            and not self._timed_out
-                        ):
-                            del queue[0]  # the common case of _handler_done: a complete response
-                            if (
-                                queue
-                                and not stale
-                                and ex._keep_alive
-                                and not self._closing
-                                and not self._stopped
-                                and self._parsing is not ex
-                                and type(queue[0]) is HttpExchange
-                            ):
-                                ex = queue[0]  # _retire would do nothing yet: the next one
-                                continue
-                            self._retire(ex)
-                        else:
-                            self._handler_done(ex, exc, False)
-                        break
-                finally:
-                    _leave_task(loop, worker)
-        finally:
-            self._dispatching = False
-
-    def _start_job(self, job: tuple[HttpExchange, Any, Any, Any]) -> None:
-        self._busy = True
-        self._job = job
-        self._job_id += 1
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-        if self.config.request_timeout is not None:
-            self._loop.call_later(self.config.request_timeout, self._request_timeout, self._job_id)
-
-    async def _work(self) -> None:
-        """The connection's worker task: continues suspended handlers, runs queued ones."""
-        loop = self._loop
-        worker = _current_task(loop)  # this task (self._worker may already be another's)
-        try:
-            while True:
-                if self._worker is not worker:
-                    return
-                if self._job is None:
-                    if self._transport is None:
-                        return
-                    self._wake = wake = loop.create_future()
-                    try:
-                        await wake
-                    except asyncio.CancelledError:
-                        # Cancelled after a job was handed over but before this task took it
-                        # (a handler cancelling its own task, a timeout, a lost client): the
-                        # cancel is the job's, as it would be with a task per request.
-                        if self._worker is not worker or self._job is None:
-                            raise
-                        self._cancel_pending = True  # (cancelling() stays 1, as for a task)
-                    if self._worker is not worker:
-                        return  # the connection was released (and maybe reused) meanwhile
-                    self._wake = None
-                job, self._job = self._job, None
-                if job is None:
-                    continue
-                ex, coro, first, ctx = job
-                exc: BaseException | None = None
-                cancelled = False
-                try:
-                    if coro is None:  # not started yet: a fresh context, as for the others
-                        ctx = self._base_ctx.copy()  # type: ignore[union-attr]
-                        coro = self.handler(ex)
-                        first = _NOT_STARTED
-                    if self._cancel_pending:
-                        self._cancel_pending = False
-                        first = _cancelled(loop, coro, first)
-                    await _Continue(coro, first, ctx)
-                except asyncio.CancelledError:
-                    cancelled = True
-                except Exception as e:
-                    exc = e
-                # No cancel request outlives its job. One the handler did not let escape may
-                # still be armed on this task (before 3.13 uncancel() leaves it): a fresh worker
-                # serves what comes next.
-                stale = False
-                if worker.cancelling():  # type: ignore[union-attr]
-                    while worker.uncancel() > 0:  # type: ignore[union-attr]
-                        pass
-                    stale = not cancelled
-                self._busy = False
-                self._handler_done(ex, exc, cancelled)
-                # Drop references now: an exception's traceback holds the handler's frames
-                # (and e.g. its async generators) until this task next wakes up otherwise.
-                exc = job = ex = coro = first = ctx = None  # type: ignore[assignment]
-                queue = self._queue
-                if queue and self._transport is not None and not self._busy:
-                    nxt = queue[0]
-                    if isinstance(nxt, _ErrorSlot):
-                        self._send_error(nxt.error)
-                    else:
-                        self._start_job((nxt, None, None, None))  # (its request_timeout too)
-                if stale and self._worker is worker and self._transport is not None:
-                    self._worker = None
-                    if self._job is not None:
-                        self._new_worker()
-                    return
-        finally:
-            if self._worker is worker:
-                self._worker = None
-                if self._transport is None:
-                    self._release()
-
-    def _worker_done(self, task: asyncio.Task[None]) -> None:
-        """A worker task ended. If it is still ours, it was cancelled before its first step
-        (a handler cancelled its own task in the step it took inline) and ``_work`` never ran:
-        a new worker takes the job and the cancel, or the connection is let go."""
-        if self._worker is not task:
-            return  # it ended through _work's finally
-        self._worker = None
-        if self._job is None:
-            if self._transport is None and self._busy:  # connection_lost left it to the worker
-                self._release()
-            return
-        self._cancel_pending = True  # (also when the client is gone: the new worker releases)
-        self._new_worker()
-
-    def _new_worker(self) -> asyncio.Task[None]:
-        self._worker = worker = self._loop.create_task(self._work())
-        worker.add_done_callback(self._worker_done)
-        return worker
-
-    def _drop_worker(self) -> None:
-        """Let an idle worker task end (it holds ~1 KiB); the next request makes a new one."""
-        if self._busy or self._job is not None:
-            return
-        wake = self._wake
-        self._worker = self._wake = None
-        if wake is not None and not wake.done():
-            wake.set_result(None)  # _work sees it was detached and returns
-
-    def _request_timeout(self, job_id: int) -> None:
-        if job_id == self._job_id and self._busy and self._worker is not None:
-            self._timed_out = True
-            self._worker.cancel()
-
-    def _handler_done(self, ex: HttpExchange, exc: BaseException | None, cancelled: bool) -> None:
-        """Apply the after-the-handler rules, then retire ``ex`` (decide, then act)."""
-        if self._queue and self._queue[0] is ex:
-            del self._queue[0]
-        timed_out, self._timed_out = self._timed_out, False
-        lost = ex.disconnected
-        if cancelled:
-            if lost:
-                return
-            if not timed_out:
-                self._abort("handler cancelled")
-                return
-            status, message = 503, "request timed out"
-        else:
-            status, message = 500, "internal server error"
-        if lost:
-            if exc is not None and not isinstance(exc, ClientDisconnected):
-                logger.error("handler failed after the client left", exc_info=exc)
-            return
-        if exc is not None:
-            if isinstance(exc, BodyTooLarge):
-                status, message = 413, "request body too large"
-            elif isinstance(exc, _BodyProtocolError):
-                status, message = exc.error.status, exc.error.message
-            elif isinstance(exc, ClientDisconnected):
-                self._abort("client disconnected")
-                return
-            else:
-                logger.error(
-                    "handler failed: %s %r", ex.head.method, ex.head.raw_path, exc_info=exc
-                )
-        elif not ex._started and not timed_out:
-            logger.error(
-                "handler returned without responding: %s %r", ex.head.method, ex.head.raw_path
-            )
-        if not ex._started:
-            if status != 500:
-                self._closing = True
-            ex._keep_alive = status == 500 and ex._response_keep_alive()
-            ex._started = ex._ended = True
-            bufs = error_response(status, message, self._server_line, keep_alive=ex._keep_alive)
-            self._transport.writelines(bufs)  # type: ignore[union-attr]
-        elif not ex._ended or ex._pending_head is not None or exc is not None:
-            self._abort("response started but not ended")
-            return
-        self._retire(ex)
 
     def _retire(self, ex: HttpExchange) -> None:
         """The response of ``ex`` is complete: keep the connection or close it."""

@@ -18,15 +18,11 @@ A response is framed synchronously: ``respond`` builds the head (cached byte str
 ``writelines``; ``start`` keeps the head until the first ``write``/``sendfile``/``end`` so
 that it leaves with the first body bytes. ``_gen`` pins the exchange to one use of a pooled
 connection object: once the connection is reset, the exchange reports ``disconnected``.
-
-:class:`_Continue` lives here too: the awaitable with which the connection's worker task
-resumes a handler whose first step ran inline (see ``server.connection``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .exchange import (
@@ -41,7 +37,7 @@ from .http11 import LAST_CHUNK, ProtocolError, chunk_frame, response_head
 if TYPE_CHECKING:
     from .connection import HttpConnection
 
-__all__ = ["HttpExchange"]  # and, for the connection's worker: _Continue
+__all__ = ["HttpExchange"]
 
 _BODY_HIGH = 256 * 1024  # buffered, unread request body that pauses reading
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -284,56 +280,6 @@ class HttpExchange:
         self._emit([LAST_CHUNK] if self._chunked else [])
         if self._conn._write_paused:
             await self._conn._drain(self._gen)
-
-
-_NOT_STARTED = object()  # _Continue.first for a coroutine that has not taken its first step
-
-
-class _Continue:
-    """Awaitable that runs a handler coroutine, every step in the request's own context.
-
-    Awaited by the worker task, it passes the futures the coroutine yields up to the task and
-    sends/throws what the task delivers back down: exactly what ``await coro`` would have
-    done (cancellation included), except that each step runs inside ``ctx`` (one
-    :class:`contextvars.Context` per request, as a task per request would have): context
-    variables a handler sets survive its awaits and never leak into the next request. ``first``
-    is what the coroutine yielded when its first step already ran (outside any task), or
-    ``_NOT_STARTED``.
-    """
-
-    __slots__ = ("coro", "ctx", "first")
-
-    def __init__(self, coro: Any, first: Any, ctx: contextvars.Context) -> None:
-        self.coro = coro
-        self.first = first
-        self.ctx = ctx
-
-    def __await__(self) -> Any:
-        coro = self.coro
-        run = self.ctx.run
-        out = self.first
-        self.first = None
-        if out is _NOT_STARTED:
-            try:
-                out = run(coro.send, None)
-            except StopIteration as stop:
-                return stop.value
-        while True:
-            try:
-                sent = yield out
-            except GeneratorExit:
-                run(coro.close)
-                raise
-            except BaseException as exc:
-                try:
-                    out = run(coro.throw, exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    out = run(coro.send, sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 # --- zero-copy bodies (the connection's transport, flow control and abort) ---

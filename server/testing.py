@@ -44,8 +44,8 @@ from server.exchange import (
 from server.exchange import (
     Headers as RawHeaders,
 )
-from server.http_exchange import _NOT_STARTED, _Continue
 from server.request import Headers
+from server.worker import _NOT_STARTED, _Continue
 
 _BAD = (b"\r", b"\n", b"\x00")
 
