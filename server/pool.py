@@ -33,7 +33,7 @@ import asyncio
 from collections import deque
 
 from .config import Config
-from .connection import HttpConnection
+from .connection import HttpConnection, direct_call
 from .deadlines import DeadlineWheel
 from .exchange import AppHandler
 from .http11 import error_response, server_line
@@ -115,6 +115,7 @@ class ConnectionPool:
 
     def __init__(self, handler: AppHandler, config: Config, *, scheme: str = "http") -> None:
         self.handler = handler
+        self._call = direct_call(handler)  # what the connections call: one for all of them
         self.config = config
         self.scheme = scheme
         self.server = server_line(config.server_header)
@@ -159,7 +160,7 @@ class ConnectionPool:
             conn = self._free.pop()
             self.reused += 1
         else:
-            conn = HttpConnection(self.handler, self.config, self, scheme=self.scheme)
+            conn = HttpConnection(self._call, self.config, self, scheme=self.scheme)
             self.created += 1
         self.active.add(conn)
         return conn
