@@ -13,7 +13,7 @@ Every file's content is unique and the forbidden ones (dotfiles, anything outsid
 contain ``SECRET``. Input layout: byte 0 chooses the method (GET/HEAD/POST), ``autoindex`` and
 ``dotfiles``; the rest is the request target. The target goes through the real HTTP core
 (:class:`~server.http11.RequestParser`: percent-decoding, absolute-form, ``*``), then through
-:class:`~server.response.StaticFiles` on an in-memory exchange
+:class:`~server.staticfiles.StaticFiles` on an in-memory exchange
 (:class:`~server.testing.MemoryExchange`), exactly the path a socket request takes.
 
 Invariants: no exception escapes; the status is one of the static answers; a body never
@@ -45,7 +45,7 @@ from server import static
 from server.config import Config
 from server.exchange import RequestHead
 from server.http11 import RequestParser
-from server.response import StaticFiles
+from server.staticfiles import StaticFiles
 from server.testing import MemoryExchange
 
 CONFIG = Config()

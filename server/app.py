@@ -22,7 +22,7 @@ layer aborts the connection. A client that disconnected is not an error and is n
 
 Startup/shutdown hooks run through :meth:`App.startup` / :meth:`App.shutdown` (the server and
 the test client call them). ``app.static(prefix, directory)`` mounts a
-:class:`~server.response.StaticFiles` (zero-copy, conditional and range requests, open-file
+:class:`~server.staticfiles.StaticFiles` (zero-copy, conditional and range requests, open-file
 cache, safe paths).
 """
 
@@ -42,15 +42,14 @@ from server.response import (
     CT_BYTES,
     CT_JSON,
     CT_TEXT,
-    MEMORY_MAX,
     RedirectResponse,
     Response,
-    StaticFiles,
     dump_json,
     to_response,
 )
 from server.routing import Endpoint, Handler, Router
 from server.static import contained, split_path
+from server.staticfiles import MEMORY_MAX, StaticFiles
 
 log = logging.getLogger("server.app")
 
@@ -179,7 +178,7 @@ class App:
         revalidate: float = 1.0,
     ) -> StaticFiles:
         """Serve files under ``directory`` at ``prefix`` (GET/HEAD) with
-        :class:`~server.response.StaticFiles`; its open-file cache closes on shutdown."""
+        :class:`~server.staticfiles.StaticFiles`; its open-file cache closes on shutdown."""
         files = StaticFiles(
             directory,
             autoindex=autoindex,

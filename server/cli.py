@@ -344,14 +344,14 @@ def make_handler(target: Any, config: Config) -> tuple[Any, list[Hook], list[Hoo
 class StaticMounts:
     """Serve ``Config.static`` mounts in front of an app handler (longest prefix first).
 
-    Each mount is a :class:`~server.response.StaticFiles` called directly (no routing), with
+    Each mount is a :class:`~server.staticfiles.StaticFiles` called directly (no routing), with
     its own open-file cache; :meth:`shutdown` closes them. ``inner=None`` is a plain file
     server: paths outside every mount are 404. ``Config.extra["cache_control"]`` sets
     ``Cache-Control`` on every static response.
     """
 
     def __init__(self, inner: Any, config: Config) -> None:
-        from server.response import StaticFiles
+        from server.staticfiles import StaticFiles
 
         self.inner = inner
         cache_control = config.extra.get("cache_control")

@@ -39,7 +39,7 @@ from test_connection import Raw, echo, fd_baseline, get, read_response, running
 
 from loadtest.runner import ServerProcess
 from server.exchange import ClientDisconnected, Exchange
-from server.response import StaticFiles
+from server.staticfiles import StaticFiles
 
 
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
