@@ -4,7 +4,8 @@ Theory of operation. CPU timings on a shared VM move by ±15 % between back-to-b
 1-3 % change cannot be judged by them. Instruction counts can: this drives one
 :class:`~server.connection.HttpConnection` in-process (no sockets, no kernel: a transport that
 only records what is written) with ``GET /plaintext`` (or ``/json``), ``--pipe`` requests per
-``data_received``, on the native ``App`` or the ASGI app of :mod:`loadtest.apps`. It runs the
+``data_received``, on the native ``App`` or the ASGI app of :mod:`loadtest.apps` (``/static/10k.bin``
+and ``/static/1m.bin``: the bench's files, mounted in front of it as ``--static`` does). It runs the
 driver under ``valgrind --tool=callgrind`` twice, for two request counts, with
 ``PYTHONHASHSEED=0``, and reports the difference divided by the difference in requests, so
 start-up and shut-down cancel out. Repeat runs agree within about 0.1 %.
@@ -88,7 +89,15 @@ def drive(
 
     async def run() -> tuple[int, float]:
         cfg = Config(max_requests_per_connection=10**9)
-        handler = app if kind == "native" else ASGIHandler(asgi_app, cfg, lifespan="off")
+        handler: Any = app if kind == "native" else ASGIHandler(asgi_app, cfg, lifespan="off")
+        if path.startswith("/static/"):  # the bench's files, mounted as --static does
+            from loadtest.mixed_app import ensure_static_dir
+            from server.cli import StaticMounts
+
+            cfg = Config(
+                max_requests_per_connection=10**9, static=[("/static", ensure_static_dir())]
+            )
+            handler = StaticMounts(handler, cfg)
         conn = ConnectionPool(handler, cfg)()
         sink = _Sink()
         conn.connection_made(sink)
@@ -149,7 +158,11 @@ def count(kind: str, pipe: int, path: str, small: int, large: int) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("native", "asgi"), default="native")
     p.add_argument("--pipe", type=int, default=1, help="requests per data_received (default 1)")
-    p.add_argument("--path", default="/plaintext", help="/plaintext or /json")
+    p.add_argument(
+        "--path",
+        default="/plaintext",
+        help="/plaintext, /json or /static/10k.bin (default /plaintext)",
+    )
     p.add_argument("--requests", type=int, default=1600, help="requests counted (the difference)")
     p.add_argument("--no-valgrind", action="store_true", help="time the driver instead")
     p.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)  # the measured child

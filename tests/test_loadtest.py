@@ -198,7 +198,8 @@ def test_cli_lists_subcommands() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "pipe", "path"), [("native", 16, "/plaintext"), ("asgi", 1, "/json")]
+    ("kind", "pipe", "path"),
+    [("native", 16, "/plaintext"), ("asgi", 1, "/json"), ("native", 1, "/static/10k.bin")],
 )
 def test_instrcount_driver_answers_every_request(kind: str, pipe: int, path: str) -> None:
     """The in-process driver the instruction counts come from: every request fed gets its 200
