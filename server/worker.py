@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import types
 from typing import TYPE_CHECKING, Any
 
 from .exchange import BodyTooLarge, ClientDisconnected
@@ -57,6 +58,8 @@ except ImportError:
     _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
 _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
+_Coroutine = types.CoroutineType
+_send = _Coroutine.send  # unbound: ctx.run(_send, coro, None) makes no bound method
 _NOT_STARTED = object()  # _Continue.first for a coroutine that has not taken its first step
 
 
@@ -199,7 +202,10 @@ class HandlerRunner:
                         ctx = self._base_ctx.copy()  # type: ignore[union-attr]  # see _Continue
                         exc: BaseException | None = None
                         try:
-                            first = ctx.run(coro.send, None)
+                            if type(coro) is _Coroutine:  # (no bound method per request)
+                                first = ctx.run(_send, coro, None)
+                            else:  # any other awaitable handler result
+                                first = ctx.run(coro.send, None)
                         except StopIteration:
                             pass
                         except (KeyboardInterrupt, SystemExit):

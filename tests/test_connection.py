@@ -15,7 +15,8 @@ import os
 import socket
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -441,6 +442,35 @@ async def test_current_task_inside_handler() -> None:
         c = await Raw.open(port)
         await c.send(get())
         assert (await c.response()).body == b"yes"
+        await c.close()
+
+
+async def test_handler_returning_a_generator_based_coroutine_or_nothing_awaitable() -> None:
+    """Handlers are called and their result driven like ``await`` would: an ``async def``
+    coroutine, a generator-based one (``types.coroutine``) that suspends or not, and, as a
+    handler bug, a result that is not awaitable (500, the connection stays usable)."""
+
+    @types.coroutine
+    def gen_handler(ex: Exchange) -> Generator[Any, None, None]:
+        if ex.head.path == "/wait":
+            yield from asyncio.sleep(0.01).__await__()
+        ex.respond(200, [], b"gen " + ex.head.path.encode())
+
+    def broken(ex: Exchange) -> None:
+        return None
+
+    def handler(ex: Exchange) -> Any:
+        return broken(ex) if ex.head.path == "/broken" else gen_handler(ex)
+
+    async with running(handler) as port:
+        c = await Raw.open(port)
+        for path in ("/now", "/wait", "/broken", "/after"):
+            await c.send(get(path))
+            r = await c.response()
+            if path == "/broken":
+                assert r.status == 500
+            else:
+                assert (r.status, r.body) == (200, b"gen " + path.encode())
         await c.close()
 
 
