@@ -367,14 +367,18 @@ class StaticMounts:
             self.mounts.append(("" if clean == "/" else clean, files))
         self.mounts.sort(key=lambda m: len(m[0]), reverse=True)
         self.prefixes = [p for p, _ in self.mounts]
+        # (prefix + "/", where the remainder starts, files): one startswith per mount
+        self._match = [(p + "/", len(p) + 1, files) for p, files in self.mounts]
 
     def __call__(self, exchange: Any) -> Coroutine[Any, Any, None]:
         # Not a coroutine function: it hands back the coroutine that serves the request (a
         # mount's or the inner app's), one coroutine per request instead of two.
         path = exchange.head.path
-        for prefix, files in self.mounts:
-            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-                return files.serve(exchange, path[len(prefix) + 1 :])
+        for below, cut, files in self._match:
+            if path.startswith(below):
+                return files.serve(exchange, path[cut:])
+            if len(path) + 1 == cut and below.startswith(path):  # the prefix itself
+                return files.serve(exchange, "")
         if self.inner is None:
             return self._not_found(exchange)
         return self.inner(exchange)  # type: ignore[no-any-return]

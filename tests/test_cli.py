@@ -151,6 +151,32 @@ def test_make_handler_interfaces_and_static(tmp_path: Path) -> None:
         assert "a.txt" in c.get("/files/sub/").text  # autoindex
 
 
+def test_static_mounts_match_whole_segments_longest_first(tmp_path: Path) -> None:
+    """A mount answers its prefix and what is below it, never a path that only starts with
+    the same letters; the longest prefix wins; the rest reaches the app."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("outer")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.txt").write_text("inner")
+    app = App()
+
+    @app.get("/{rest:path}")
+    async def fallback(request: object) -> str:
+        return "app " + request.path  # type: ignore[attr-defined]
+
+    mounts = (("/files", str(tmp_path / "a")), ("/files/deep", str(tmp_path / "b")))
+    with TestClient(app, config=Config(static=mounts)) as c:
+        assert c.get("/files/x.txt").text == "outer"
+        assert c.get("/files/deep/x.txt").text == "inner"
+        assert c.get("/filesx").text == "app /filesx"
+        assert c.get("/files-x/x.txt").text == "app /files-x/x.txt"
+        r = c.get("/files")
+        assert r.status_code == 308 and r.headers["location"] == "/files/"
+        r = c.get("/files/deep")
+        assert r.status_code == 308 and r.headers["location"] == "/files/deep/"
+        assert c.get("/").text == "app /"
+
+
 def test_static_refuses_escapes(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
