@@ -161,7 +161,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--path",
         default="/plaintext",
-        help="/plaintext, /json or /static/10k.bin (default /plaintext)",
+        help="/plaintext, /json, /static/10k.bin or /static/1m.bin",
     )
     p.add_argument("--requests", type=int, default=1600, help="requests counted (the difference)")
     p.add_argument("--no-valgrind", action="store_true", help="time the driver instead")
