@@ -629,3 +629,11 @@ def test_dump_json_matches_json_dumps() -> None:
     loop.append(loop)
     with pytest.raises(ValueError, match="Circular"):
         dump_json(loop)
+    deep: list[object] = []
+    inner = deep
+    for _ in range(100_000):  # not a cycle, just too deep for json.dumps on any version
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    with pytest.raises(RecursionError):
+        dump_json(deep)
+    assert dump_json({"after": "errors"}) == b'{"after":"errors"}'  # the shared encoder is fine
