@@ -23,6 +23,7 @@ import fnmatch
 import importlib
 import json
 import re
+import signal
 import sys
 import time
 import traceback
@@ -258,6 +259,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    # CPython's suite interrupts itself with SIGINT (test_runners) and expects Python's own
+    # handler, as a terminal gives it. Launched with SIGINT ignored (a background job of a
+    # non-interactive shell, nohup), those tests would wait for the watchdog instead.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     known = [*sorted(POLICY_MODULES), "mixins"]
     if args.target not in known:
         print(f"unknown target {args.target!r}; choose from: {', '.join(known)}", file=sys.stderr)
