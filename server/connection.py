@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import types
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any
 
@@ -74,16 +73,6 @@ _WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task
 _IDLE_AFTER = (0.0, _WORKER_IDLE)
 
 
-def direct_call(handler: AppHandler) -> AppHandler:
-    """``handler`` as a connection calls it per request: an object whose ``__call__`` is a
-    Python function (an ``App``, an ``ASGIHandler``) becomes that bound method, which Python
-    calls directly instead of through the type's call slot (about 2 % of a pipelined request;
-    made once per pool, so connections do not each hold one)."""
-    if isinstance(type(handler).__call__, types.FunctionType):
-        return handler.__call__  # type: ignore[no-any-return]
-    return handler
-
-
 class HttpConnection(HandlerRunner, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -104,7 +93,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         *,
         scheme: str = "http",
     ) -> None:
-        self.handler = direct_call(handler)  # (the pool passes one already: kept as is)
+        self.handler = handler
         self.config = config
         self.pool = pool
         self.scheme = scheme
