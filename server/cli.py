@@ -355,7 +355,8 @@ class StaticMounts:
 
         self.inner = inner
         cache_control = config.extra.get("cache_control")
-        self.mounts: list[tuple[str, StaticFiles]] = []  # (prefix without trailing /, files)
+        # (prefix without trailing /, the same with it, files), longest prefix first
+        self.mounts: list[tuple[str, str, StaticFiles]] = []
         for prefix, directory in config.static:
             clean = "/" + prefix.strip("/")
             files = StaticFiles(
@@ -364,20 +365,19 @@ class StaticMounts:
                 autoindex=config.autoindex,
                 cache_control=str(cache_control) if cache_control else None,
             )
-            self.mounts.append(("" if clean == "/" else clean, files))
+            prefix = "" if clean == "/" else clean
+            self.mounts.append((prefix, prefix + "/", files))
         self.mounts.sort(key=lambda m: len(m[0]), reverse=True)
-        self.prefixes = [p for p, _ in self.mounts]
-        # (prefix + "/", where the remainder starts, files): one startswith per mount
-        self._match = [(p + "/", len(p) + 1, files) for p, files in self.mounts]
+        self.prefixes = [p for p, _, _ in self.mounts]
 
     def __call__(self, exchange: Any) -> Coroutine[Any, Any, None]:
         # Not a coroutine function: it hands back the coroutine that serves the request (a
         # mount's or the inner app's), one coroutine per request instead of two.
         path = exchange.head.path
-        for below, cut, files in self._match:
+        for prefix, below, files in self.mounts:  # one startswith per mount
             if path.startswith(below):
-                return files.serve(exchange, path[cut:])
-            if len(path) + 1 == cut and below.startswith(path):  # the prefix itself
+                return files.serve(exchange, path[len(below) :])
+            if path == prefix:
                 return files.serve(exchange, "")
         if self.inner is None:
             return self._not_found(exchange)
@@ -388,7 +388,7 @@ class StaticMounts:
         exchange.respond(404, [(b"content-type", b"text/plain; charset=utf-8")], b"Not Found")
 
     async def shutdown(self) -> None:
-        for _, files in self.mounts:
+        for _, _, files in self.mounts:
             files.close()
 
     def __repr__(self) -> str:
