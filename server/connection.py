@@ -54,7 +54,7 @@ from .deadlines import DeadlineWheel
 from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
 from .http11 import END, ProtocolError, RequestParser, error_response, server_line
 from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Disconnected
-from .worker import HandlerRunner, _ErrorSlot
+from .worker import HandlerRunner, _ErrorSlot, only_makes_a_coroutine
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -79,7 +79,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
     __slots__ = (
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
-        "_drain_waiters _eof _gen _head_started _job _job_id _last_activity _lingering _loop "
+        "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_id _last_activity _lingering _loop "
         "_parser _parsing _pending _queue _requests _server_line _shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
         "handler pool scheme"
@@ -94,6 +94,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         scheme: str = "http",
     ) -> None:
         self.handler = handler
+        self._handler_is_async = only_makes_a_coroutine(handler)
         self.config = config
         self.pool = pool
         self.scheme = scheme

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import types
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,17 @@ _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 _Coroutine = types.CoroutineType
 _send = _Coroutine.send  # unbound: ctx.run(_send, coro, None) makes no bound method
+_CO_COROUTINE = inspect.CO_COROUTINE
+
+
+def only_makes_a_coroutine(handler: Any) -> bool:
+    """Whether calling ``handler`` runs none of its code (an ``async def`` function or bound
+    method: the call only makes the coroutine). Any other callable is called inside the
+    request's context, since its own code may set context variables for what it returns."""
+    func = getattr(handler, "__func__", handler)
+    return isinstance(func, types.FunctionType) and bool(func.__code__.co_flags & _CO_COROUTINE)
+
+
 _NOT_STARTED = object()  # _Continue.first for a coroutine that has not taken its first step
 
 
@@ -143,6 +155,7 @@ class HandlerRunner:
 
     if TYPE_CHECKING:  # the connection's fields and methods this mixin uses
         handler: AppHandler
+        _handler_is_async: bool  # only_makes_a_coroutine(handler)
         config: Config
         _loop: asyncio.AbstractEventLoop
         _transport: asyncio.Transport | None
@@ -198,10 +211,13 @@ class HandlerRunner:
                 _enter_task(loop, worker)
                 try:
                     while True:
-                        coro = self.handler(ex)
                         ctx = self._base_ctx.copy()  # type: ignore[union-attr]  # see _Continue
                         exc: BaseException | None = None
                         try:
+                            if self._handler_is_async:
+                                coro = self.handler(ex)
+                            else:  # see only_makes_a_coroutine
+                                coro = ctx.run(self.handler, ex)
                             if type(coro) is _Coroutine:  # (no bound method per request)
                                 first = ctx.run(_send, coro, None)
                             else:  # any other awaitable handler result
@@ -290,7 +306,7 @@ class HandlerRunner:
                 try:
                     if coro is None:  # not started yet: a fresh context, as for the others
                         ctx = self._base_ctx.copy()  # type: ignore[union-attr]
-                        coro = self.handler(ex)
+                        coro = ctx.run(self.handler, ex)
                         first = _NOT_STARTED
                     if self._cancel_pending:
                         self._cancel_pending = False

@@ -506,6 +506,48 @@ async def test_each_request_has_its_own_context() -> None:
     assert _request_var.get() == "server"
 
 
+async def test_plain_callable_handler_runs_in_the_request_context() -> None:
+    """A handler that is a plain callable returning a coroutine (a wrapper object, a
+    decorator) runs its synchronous part in the request's context too, as
+    ``asyncio.create_task(handler(ex))`` would have it: the coroutine sees what that part set,
+    and the next request does not. If that part raises, the answer is a 500 and the connection
+    goes on, as for an exception in the coroutine."""
+    _request_var.set("server")
+
+    class Wrapper:
+        def __call__(self, ex: Exchange) -> Awaitable[None]:
+            before = _request_var.get()
+            _request_var.set(ex.head.path)
+            if ex.head.path.startswith("/raise"):
+                raise RuntimeError("broken wrapper")
+            return self.inner(ex, before)
+
+        async def inner(self, ex: Exchange, before: str) -> None:
+            if ex.head.path.startswith("/wait"):
+                await asyncio.sleep(0.01)
+            ex.respond(200, [], f"{before} {_request_var.get()}".encode())
+
+    async with running(Wrapper()) as port:
+        c = await Raw.open(port)
+        for path in ("/a", "/wait1", "/b", "/raise1", "/c"):
+            await c.send(get(path))
+            r = await c.response()
+            if path.startswith("/raise"):
+                assert r.status == 500
+            else:
+                assert r.body == f"server {path}".encode()
+        for paths in (("/wait2", "/d", "/raise2", "/e"), ("/f", "/g", "/h")):
+            await c.send(b"".join(get(p) for p in paths))
+            for path in paths:
+                r = await c.response()
+                if path.startswith("/raise"):
+                    assert r.status == 500
+                else:
+                    assert r.body == f"server {path}".encode()
+        await c.close()
+    assert _request_var.get() == "server"
+
+
 async def test_request_context_survives_reading_the_body() -> None:
     """A handler that resumes reading (a body bigger than the buffered high-water mark) must
     not make later requests start from its context (stock asyncio's resume_reading makes a new
