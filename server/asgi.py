@@ -6,7 +6,10 @@ application a ``receive``/``send`` pair backed by a small per-request :class:`_C
 * ``receive`` pulls body chunks from ``exchange.receive()`` as ``http.request`` events; the body
   end is known from ``Content-Length`` (no extra empty event), or from the exchange returning
   ``b""`` for chunked bodies. Once the body is complete, ``receive`` waits until the response
-  is finished (or the client is gone) and then returns ``http.disconnect``.
+  is finished (or the client is gone) and then returns ``http.disconnect``. A body that breaks
+  its framing or the size limit is reported as ``http.disconnect`` too (as uvicorn does); the
+  app's response after that is refused like one to a client that left, and the connection
+  answers 400 or 413 once the app returns.
 * ``send``: ``http.response.start`` is held back; a first ``http.response.body`` with
   ``more_body`` false becomes one ``exchange.respond`` (one write, Content-Length computed),
   otherwise ``exchange.start`` then ``write``s and ``end``. ``http.response.pathsend``
@@ -33,7 +36,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from server.config import Config
-from server.exchange import ClientDisconnected, Exchange
+from server.exchange import BodyTooLarge, ClientDisconnected, Exchange
 from server.filecache import FileView
 from server.response import send_plan
 from server.static import Plan
@@ -57,7 +60,7 @@ class LifespanFailure(RuntimeError):
 class _Cycle:
     """One request/response exchange between an ASGI app and an Exchange."""
 
-    __slots__ = ("body_done", "done", "exchange", "remaining", "start", "state")
+    __slots__ = ("body_done", "done", "exchange", "failed", "remaining", "start", "state")
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
@@ -68,6 +71,9 @@ class _Cycle:
         self.start: Message | None = None  # held http.response.start
         self.state = 0  # 0: nothing sent, 1: streaming, 2: response complete
         self.done: asyncio.Future[None] | None = None  # set when complete (for receive waiters)
+        # the request body broke its framing or the size limit: the app is told the client
+        # left (as uvicorn does), and the connection answers 400 or 413 once the app returns
+        self.failed = False
 
     def _expected(self) -> int | None:
         head = self.exchange.head
@@ -87,8 +93,9 @@ class _Cycle:
                 return {"type": "http.request", "body": b"", "more_body": False}
             try:
                 chunk = await self.exchange.receive()
-            except ClientDisconnected:
+            except (ClientDisconnected, BodyTooLarge):
                 self.body_done = True
+                self.failed = not self.exchange.disconnected
                 return {"type": "http.disconnect"}
             if self.remaining is not None:
                 self.remaining -= len(chunk)
@@ -98,7 +105,7 @@ class _Cycle:
             if not more:
                 self.body_done = True
             return {"type": "http.request", "body": chunk, "more_body": more}
-        if self.state != 2 and not self.exchange.disconnected:
+        if self.state != 2 and not self.exchange.disconnected and not self.failed:
             if self.done is None:
                 self.done = asyncio.get_running_loop().create_future()
             await self._wait_done()
@@ -122,7 +129,7 @@ class _Cycle:
         ex = self.exchange
         if self.state == 2:
             raise RuntimeError(f"ASGI message {kind!r} after the response completed")
-        if ex.disconnected:
+        if ex.disconnected or self.failed:
             raise OSError("client disconnected")
         try:
             if kind == "http.response.start":
@@ -247,7 +254,7 @@ class ASGIHandler:
         try:
             await self.app(scope, cycle.receive, cycle.send)
         except Exception as exc:
-            if exchange.disconnected or isinstance(exc, ClientDisconnected):
+            if exchange.disconnected or cycle.failed or isinstance(exc, ClientDisconnected):
                 return
             if isinstance(exc, OSError) and cycle.state != 0 and exchange.disconnected:
                 return
@@ -259,7 +266,7 @@ class ASGIHandler:
             return
         finally:
             cycle._finish()
-        if not exchange.response_started and not exchange.disconnected:
+        if not exchange.response_started and not exchange.disconnected and not cycle.failed:
             log.error("ASGI application returned without a response: %s %s", head.method, head.path)
             exchange.respond(
                 500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"

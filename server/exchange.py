@@ -16,8 +16,10 @@ Rules every implementation keeps:
   so a handler can never split a response;
 * ``Content-Length``, ``Transfer-Encoding``, ``Date``, ``Server`` and ``Connection`` are added
   by the connection layer when the handler did not supply them;
-* if the handler returns without responding, the connection answers 500 when nothing was sent,
-  and aborts the connection when a response was started but not ended.
+* if the handler returns without responding, the connection answers 500 when nothing was sent
+  (400 or 413 instead when the request body broke its framing or the size limit: ``receive``
+  raised, and the handler took it as a disconnect), and aborts the connection when a response
+  was started but not ended.
 """
 
 from __future__ import annotations

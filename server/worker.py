@@ -72,6 +72,16 @@ def only_makes_a_coroutine(handler: Any) -> bool:
     return isinstance(func, types.FunctionType) and bool(func.__code__.co_flags & _CO_COROUTINE)
 
 
+def _body_failure(ex: HttpExchange) -> tuple[int, str] | None:
+    """The status and message for a request body that broke its framing or the size limit."""
+    err = ex._body_error
+    if isinstance(err, BodyTooLarge):
+        return 413, "request body too large"
+    if isinstance(err, _BodyProtocolError):
+        return err.error.status, err.error.message
+    return None
+
+
 _NOT_STARTED = object()  # _Continue.first for a coroutine that has not taken its first step
 
 
@@ -412,9 +422,13 @@ class HandlerRunner:
                     "handler failed: %s %r", ex.head.method, ex.head.raw_path, exc_info=exc
                 )
         elif not ex._started and not timed_out:
-            logger.error(
-                "handler returned without responding: %s %r", ex.head.method, ex.head.raw_path
-            )
+            failure = _body_failure(ex)
+            if failure is None:
+                logger.error(
+                    "handler returned without responding: %s %r", ex.head.method, ex.head.raw_path
+                )
+            else:  # the handler took the broken body as a disconnect (the App, ASGI): say why
+                status, message = failure
         if not ex._started:
             if status != 500:
                 self._closing = True

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers.bodies import BROKEN_BODIES, LIMIT, send_raw
 
 from server import (
     App,
@@ -604,6 +605,45 @@ async def test_e2e_errors_and_disconnect(caplog: pytest.LogCaptureFixture) -> No
             await asyncio.wait_for(stopped.wait(), 10)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "kaboom" in str(errors[0].exc_info[1]), errors
+
+
+@pytest.mark.parametrize("case", list(BROKEN_BODIES))
+async def test_e2e_broken_request_body_is_answered_400_or_413(
+    case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler reading a body that breaks its framing sees a disconnect (the App does not
+    answer for it); the client still gets the 400 with the parser's reason (or 413), then the
+    connection closes; nothing is logged as an error and other connections carry on."""
+    from server.testing import live_server
+
+    data, status, reason = BROKEN_BODIES[case]
+    app = App()
+    seen: list[str] = []
+
+    @app.post("/echo")
+    async def echo(request: Request) -> bytes:
+        try:
+            return await request.body()
+        except Exception as exc:
+            seen.append(type(exc).__name__)
+            raise
+
+    @app.get("/ok")
+    async def ok(request: Request) -> str:
+        return "ok"
+
+    with caplog.at_level(logging.WARNING):
+        async with live_server(app, max_body_size=LIMIT) as url:
+            import httpx
+
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (await client.get("/ok")).text == "ok"
+                got, head, body = await send_raw(url, data)
+                assert got == status and reason.lower() in body.lower(), (got, body)
+                assert b"\r\nconnection: close" in head
+                assert (await client.get("/ok")).text == "ok"  # the same other connection
+    assert seen  # the handler did see the failure
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_dump_json_matches_json_dumps() -> None:

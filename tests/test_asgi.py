@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from helpers.bodies import BROKEN_BODIES, LIMIT, send_raw
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request as SRequest
@@ -318,6 +319,59 @@ async def test_e2e_starlette_and_fastapi(tmp_path: Path) -> None:
         assert r.json() == {"name": "a", "price": 2.0}
         r = await client.post("/items", content=b"{bad")
         assert r.status_code == 422
+
+
+async def _plain_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A bare ASGI app that reads the whole body, then echoes it (not after a disconnect)."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _starlette_echo(request: SRequest) -> PlainTextResponse:
+    return PlainTextResponse(await request.body())  # raises ClientDisconnect: Starlette's 500
+
+
+@pytest.mark.parametrize("case", list(BROKEN_BODIES))
+@pytest.mark.parametrize("kind", ["plain", "starlette"])
+async def test_e2e_broken_request_body_is_answered_400_or_413(
+    kind: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app's receive() reports a body that breaks its framing or the size limit as
+    ``http.disconnect`` (as uvicorn does); what the app sends after that is refused (Starlette
+    tries a 500), and the client gets the 400 with the parser's reason (or 413), then the
+    connection closes. Nothing is logged as an error; other connections carry on."""
+    pytest.importorskip("server.serve")
+    import httpx
+
+    from server.testing import live_server
+
+    data, status, reason = BROKEN_BODIES[case]
+    app: Any = _plain_echo
+    if kind == "starlette":
+        app = Starlette(routes=[Route("/echo", _starlette_echo, methods=["POST"])])
+    with caplog.at_level(logging.WARNING):
+        async with (
+            live_server(app, max_body_size=LIMIT, extra={"lifespan": "off"}) as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            r = await client.post("/echo", content=b"fine")
+            assert (r.status_code, r.content) == (200, b"fine")
+            got, head, body = await send_raw(url, data)
+            assert got == status and reason.lower() in body.lower(), (got, body)
+            assert b"\r\nconnection: close" in head
+            r = await client.post("/echo", content=b"again")  # the same other connection
+            assert (r.status_code, r.content) == (200, b"again")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")

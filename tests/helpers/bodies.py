@@ -1,0 +1,43 @@
+"""Request bodies that break their framing or the size limit, and a raw one-shot client: the
+cases the framework layers (native App, ASGI) must answer 400/413 like the connection layer
+does, whatever the application does with the error it sees while reading the body."""
+
+from __future__ import annotations
+
+import asyncio
+
+LIMIT = 100  # max_body_size the servers under test are given
+
+_CHUNKED = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+BROKEN_BODIES: dict[str, tuple[bytes, int, bytes]] = {
+    # name: (request, status, a piece of the message)
+    "bad chunk size": (_CHUNKED + b"zz\r\nabc\r\n0\r\n\r\n", 400, b"chunk size"),
+    "0x chunk size": (_CHUNKED + b"0x3\r\nabc\r\n0\r\n\r\n", 400, b"chunk size"),
+    "chunk data without CRLF": (_CHUNKED + b"3\r\nabcXY0\r\n\r\n", 400, b"malformed"),
+    "chunk size overflow": (_CHUNKED + b"FFFFFFFFFFFFFFFFF1\r\nabc\r\n", 400, b"overflow"),
+    "bare LF after a chunk size": (_CHUNKED + b"3\nabc\n0\n\n", 400, b"CR"),
+    "Content-Length in the trailer": (
+        _CHUNKED + b"3\r\nabc\r\n0\r\nContent-Length: 5\r\n\r\n",
+        400,
+        b"Content-Length",
+    ),
+    "chunked body over the limit": (
+        _CHUNKED + b"40\r\n" + b"x" * 64 + b"\r\n" + b"40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n",
+        413,
+        b"too large",
+    ),
+}
+
+
+async def send_raw(url: str, data: bytes, timeout: float = 10.0) -> tuple[int, bytes, bytes]:
+    """Send ``data`` on a fresh connection to ``url`` and read until the server closes it;
+    return (status, lower-case head, body)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(data)
+        raw = await asyncio.wait_for(reader.read(-1), timeout)  # to EOF: the server must close
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head.lower(), body
