@@ -31,7 +31,9 @@ keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
 Timeouts use one lazy deadline per connection: activity only stores a timestamp; the deadline is
 the earliest instant a timeout may expire, and when it comes ``_on_timer`` re-checks the state
 and arms the next one. Header deadline (whole head) -> 408 and close; keep-alive idle -> close
-silently; body idle -> 408; a client not reading for ``send_timeout`` -> abort. Deadlines are
+silently; body idle -> 408; a client not reading for ``send_timeout`` -> abort; a handler on
+the worker past ``request_timeout`` -> cancelled, 503 (the deadline belongs to the connection's
+state, so a connection object reused from the pool inherits none of it). Deadlines are
 places in the pool's :class:`~server.deadlines.DeadlineWheel` (one loop timer for all
 connections, at most ``TICK`` = 50 ms late), not a ``TimerHandle`` each: that is ~260 bytes less
 per idle connection.
@@ -79,7 +81,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
     __slots__ = (
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
-        "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_id _last_activity _lingering _loop "
+        "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since _last_activity _lingering _loop "
         "_parser _parsing _pending _queue _requests _server_line _shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
         "handler pool scheme"
@@ -116,7 +118,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         self._parsing: HttpExchange | None = None  # exchange whose body is being parsed
         self._busy = False  # the worker task is running a handler (for _queue[0])
         self._job: tuple[HttpExchange, Any, Any, Any] | None = None  # next job for the worker
-        self._job_id = 0  # increments per job (request_timeout matches it)
+        self._job_since = 0.0  # when the worker's job started (0.0: no request_timeout to watch)
         # a cancel of the worker task that was meant for the job not yet taken (see _work)
         self._cancel_pending = False
         # the context requests copy theirs from: the connection's, as it was when it was made
@@ -443,6 +445,13 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                     ex._body_error = _BodyProtocolError(ProtocolError(408, "request body timeout"))
                     ex._wake()
                 self._closing = True
+            else:
+                deadlines.append(dl)
+        if self._job_since:
+            dl = self._job_since + (cfg.request_timeout or 0.0)
+            if now >= dl:
+                self._job_since = 0.0
+                self._request_timeout()
             else:
                 deadlines.append(dl)
         if not self._queue:

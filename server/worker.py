@@ -178,7 +178,7 @@ class HandlerRunner:
         _worker: asyncio.Task[None] | None  # this connection's worker (None: none yet)
         _busy: bool  # the worker is running a handler (for _queue[0])
         _job: tuple[HttpExchange, Any, Any, Any] | None  # next job for the worker
-        _job_id: int  # increments per job (request_timeout matches it)
+        _job_since: float  # when the worker's job started (0.0: no request_timeout to watch)
         _cancel_pending: bool  # a cancel meant for the job not yet taken
         _wake: asyncio.Future[None] | None  # the idle worker waits on it
         _dispatching: bool  # inside _dispatch (guards against recursion)
@@ -189,6 +189,7 @@ class HandlerRunner:
         def _send_error(self, err: ProtocolError) -> None: ...
         def _abort(self, why: str) -> None: ...
         def _release(self) -> None: ...
+        def _arm(self, when: float) -> None: ...
 
     def _dispatch(self) -> None:
         if self._dispatching:
@@ -276,12 +277,13 @@ class HandlerRunner:
     def _start_job(self, job: tuple[HttpExchange, Any, Any, Any]) -> None:
         self._busy = True
         self._job = job
-        self._job_id += 1
         wake = self._wake
         if wake is not None and not wake.done():
             wake.set_result(None)
-        if self.config.request_timeout is not None:
-            self._loop.call_later(self.config.request_timeout, self._request_timeout, self._job_id)
+        timeout = self.config.request_timeout
+        if timeout is not None:  # a deadline on the connection's wheel: _on_timer checks it
+            self._job_since = now = self._loop.time()
+            self._arm(now + timeout)
 
     async def _work(self) -> None:
         """The connection's worker task: continues suspended handlers, runs queued ones."""
@@ -335,6 +337,7 @@ class HandlerRunner:
                         pass
                     stale = not cancelled
                 self._busy = False
+                self._job_since = 0.0
                 self._handler_done(ex, exc, cancelled)
                 # Drop references now: an exception's traceback holds the handler's frames
                 # (and e.g. its async generators) until this task next wakes up otherwise.
@@ -385,8 +388,9 @@ class HandlerRunner:
         if wake is not None and not wake.done():
             wake.set_result(None)  # _work sees it was detached and returns
 
-    def _request_timeout(self, job_id: int) -> None:
-        if job_id == self._job_id and self._busy and self._worker is not None:
+    def _request_timeout(self) -> None:
+        """The running job is past ``request_timeout`` (called by ``_on_timer``): cancel it."""
+        if self._busy and self._worker is not None:
             self._timed_out = True
             self._worker.cancel()
 

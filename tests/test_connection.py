@@ -738,6 +738,31 @@ async def test_request_timeout_503() -> None:
         assert (await c.response()).status == 503
 
 
+async def test_request_timeout_of_a_closed_connection_does_not_reach_the_next_one() -> None:
+    """Connection objects are pooled: a request deadline armed for a client that has gone must
+    not cancel a request of the next client served by the same object."""
+    timeout = 1.0
+
+    async def handler(ex: Exchange) -> None:
+        if ex.head.path == "/body":
+            while await ex.receive():  # the client stops sending, then leaves
+                pass
+        await asyncio.sleep(0.6 * timeout)
+        ex.respond(200, [], b"done")
+
+    async with running(handler, request_timeout=timeout, max_connections=1) as port:
+        a = await Raw.open(port)
+        await a.send(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        await asyncio.sleep(0.5 * timeout)
+        await a.close()  # its deadline (at 1.0 s) is still ahead; the object goes back to the pool
+        await asyncio.sleep(0.05)
+        b = await Raw.open(port)  # served by the same connection object (max_connections=1)
+        await b.send(get("/slow"))  # takes 0.6 s: ends at ~1.15 s, past the first deadline
+        r = await b.response()
+        assert (r.status, r.body) == (200, b"done")
+        await b.close()
+
+
 # --- faults ---
 
 
