@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from helpers.bodies import BROKEN_BODIES, LIMIT, send_raw
+from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, LIMIT, send_raw
 
 from server import (
     App,
@@ -608,7 +608,7 @@ async def test_e2e_errors_and_disconnect(caplog: pytest.LogCaptureFixture) -> No
 
 
 @pytest.mark.parametrize("case", list(BROKEN_BODIES))
-async def test_e2e_broken_request_body_is_answered_400_or_413(
+async def test_e2e_broken_request_body_is_answered_4xx(
     case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A handler reading a body that breaks its framing sees a disconnect (the App does not
@@ -633,7 +633,7 @@ async def test_e2e_broken_request_body_is_answered_400_or_413(
         return "ok"
 
     with caplog.at_level(logging.WARNING):
-        async with live_server(app, max_body_size=LIMIT) as url:
+        async with live_server(app, max_body_size=LIMIT, body_timeout=BODY_TIMEOUT) as url:
             import httpx
 
             async with httpx.AsyncClient(base_url=url) as client:

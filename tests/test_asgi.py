@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from helpers.bodies import BROKEN_BODIES, LIMIT, send_raw
+from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, LIMIT, send_raw
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request as SRequest
@@ -343,7 +343,7 @@ async def _starlette_echo(request: SRequest) -> PlainTextResponse:
 
 @pytest.mark.parametrize("case", list(BROKEN_BODIES))
 @pytest.mark.parametrize("kind", ["plain", "starlette"])
-async def test_e2e_broken_request_body_is_answered_400_or_413(
+async def test_e2e_broken_request_body_is_answered_4xx(
     kind: str, case: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The app's receive() reports a body that breaks its framing or the size limit as
@@ -361,7 +361,9 @@ async def test_e2e_broken_request_body_is_answered_400_or_413(
         app = Starlette(routes=[Route("/echo", _starlette_echo, methods=["POST"])])
     with caplog.at_level(logging.WARNING):
         async with (
-            live_server(app, max_body_size=LIMIT, extra={"lifespan": "off"}) as url,
+            live_server(
+                app, max_body_size=LIMIT, body_timeout=BODY_TIMEOUT, extra={"lifespan": "off"}
+            ) as url,
             httpx.AsyncClient(base_url=url) as client,
         ):
             r = await client.post("/echo", content=b"fine")

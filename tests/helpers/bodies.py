@@ -1,12 +1,14 @@
-"""Request bodies that break their framing or the size limit, and a raw one-shot client: the
-cases the framework layers (native App, ASGI) must answer 400/413 like the connection layer
-does, whatever the application does with the error it sees while reading the body."""
+"""Request bodies that break their framing, the size limit or the body timeout, and a raw
+one-shot client: the cases the framework layers (native App, ASGI) must answer 400/413/408 like
+the connection layer does, whatever the application does with the error it sees while reading
+the body."""
 
 from __future__ import annotations
 
 import asyncio
 
 LIMIT = 100  # max_body_size the servers under test are given
+BODY_TIMEOUT = 0.5  # and body_timeout
 
 _CHUNKED = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
 BROKEN_BODIES: dict[str, tuple[bytes, int, bytes]] = {
@@ -20,6 +22,11 @@ BROKEN_BODIES: dict[str, tuple[bytes, int, bytes]] = {
         _CHUNKED + b"3\r\nabc\r\n0\r\nContent-Length: 5\r\n\r\n",
         400,
         b"Content-Length",
+    ),
+    "body stalls": (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 50\r\n\r\n0123456789",
+        408,
+        b"timeout",
     ),
     "chunked body over the limit": (
         _CHUNKED + b"40\r\n" + b"x" * 64 + b"\r\n" + b"40\r\n" + b"y" * 64 + b"\r\n0\r\n\r\n",
