@@ -646,8 +646,24 @@ async def test_e2e_broken_request_body_is_answered_4xx(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_nan_in_a_json_result_is_a_500_not_invalid_json(caplog: pytest.LogCaptureFixture) -> None:
+    app = App()
+
+    @app.get("/nan")
+    async def nan(request: Request) -> dict[str, float]:
+        return {"x": float("nan")}
+
+    with caplog.at_level(logging.ERROR):
+        r = TestClient(app).get("/nan")
+    assert r.status_code == 500 and b"NaN" not in r.content
+    assert any(
+        "not JSON compliant" in str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info
+    )
+
+
 def test_dump_json_matches_json_dumps() -> None:
-    """dump_json builds json's C encoder itself: same bytes as json.dumps, same errors."""
+    """dump_json builds json's C encoder itself: same bytes as json.dumps, same errors; NaN and
+    infinities are refused (they are not JSON)."""
     import json
 
     from server.response import dump_json
@@ -657,12 +673,15 @@ def test_dump_json_matches_json_dumps() -> None:
         [1, 2.5, None, True, False, -0.0, 10**30],
         'é\u2028\x00"\\',
         {"a": {"b": [{"c": "ü"}]}, 1: "int key", None: "n"},
-        [float("nan"), float("inf")],
+        [1e308, -1e-308],
         {},
         "",
     ]
     for v in values:
         assert dump_json(v) == json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode()
+    for bad in (float("nan"), [float("inf")], {"x": -float("inf")}):
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            dump_json(bad)
     with pytest.raises(TypeError):
         dump_json({"s": {1, 2}})
     loop: list[object] = []
