@@ -11,7 +11,7 @@ converter  matches                                value
 =========  =====================================  ==============
 ``str``    one non-empty segment (no ``/``)       ``str``
 ``int``    ASCII digits                           ``int``
-``float``  digits, optional ``.digits``           ``float``
+``float``  digits, optional ``.digits``, finite   ``float``
 ``path``   the rest of the path, may contain /    ``str``
 ``uuid``   8-4-4-4-12 hex digits                  ``uuid.UUID``
 =========  =====================================  ==============
@@ -27,6 +27,7 @@ but the other spelling exists, :meth:`Router.redirect_slash` returns it so the a
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,10 +40,19 @@ Handler = Callable[..., Awaitable[Any]]
 
 _PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?}")
 
+
+def _finite_float(text: str) -> float:
+    """``float`` for the ``float`` converter: a number too long to be finite does not match."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]}... is not a finite float")
+    return value
+
+
 CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "str": (r"[^/]+", str),
     "int": (r"[0-9]+", int),
-    "float": (r"[0-9]+(?:\.[0-9]+)?", float),
+    "float": (r"[0-9]+(?:\.[0-9]+)?", _finite_float),
     "path": (r".*", str),
     "uuid": (
         r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
