@@ -15,7 +15,12 @@ Rules every implementation keeps:
   name containing CR, LF or NUL raises :class:`InvalidHeader` *before* anything is sent,
   so a handler can never split a response;
 * ``Content-Length``, ``Transfer-Encoding``, ``Date``, ``Server`` and ``Connection`` are added
-  by the connection layer when the handler did not supply them;
+  by the connection layer when the handler did not supply them. Framing headers a handler does
+  supply must frame what is sent: a ``Content-Length`` equal to the body (``respond``; for
+  ``start`` it counts as ``content_length``), a ``Transfer-Encoding`` ending in ``chunked``
+  (the body is then chunk-framed for it, never for an HTTP/1.0 client), never both; otherwise
+  :class:`InvalidHeader` is raised before anything is sent, since a wrong length would make
+  the client read the next response as part of this one;
 * if the handler returns without responding, the connection answers 500 when nothing was sent
   (400 or 413 instead when the request body broke its framing or the size limit: ``receive``
   raised, and the handler took it as a disconnect), and aborts the connection when a response

@@ -26,6 +26,7 @@ __all__ = [
     "FileSlice",
     "chunk_frame",
     "date_header",
+    "declared_length",
     "error_response",
     "response_head",
     "server_line",
@@ -149,17 +150,25 @@ def response_head(
     keep_alive: bool,
     http10: bool = False,
     server: bytes = b"",
+    head_only: bool = False,
     date: bytes | None = None,
 ) -> tuple[bytes, bool, bool]:
     """Build a response head. Return ``(head, chunked, keep_alive)``.
 
     ``content_length=None`` means a streamed body: chunked on HTTP/1.1, close-delimited on 1.0
-    (then ``keep_alive`` becomes False). Handler-supplied ``Content-Length``/``Transfer-Encoding``
-    /``Connection``/``Date``/``Server`` take precedence over the computed ones. Raises
-    :class:`InvalidHeader` for CR, LF or NUL in any name or value, or a non-token name.
+    (then ``keep_alive`` becomes False). Handler-supplied ``Connection``/``Date``/``Server``
+    take precedence over the computed ones. The framing headers may be supplied too, but they
+    must describe the body that is sent, or the connection would lose track of where the next
+    response starts: a ``Content-Length`` must equal ``content_length`` (unless no body is sent:
+    ``head_only``, 204, 304, 1xx); a ``Transfer-Encoding`` must end in ``chunked`` (then
+    ``chunked`` is True: the caller frames the body, also a whole one) and comes with no
+    ``Content-Length``; to an HTTP/1.0 client it is not sent at all. Raises
+    :class:`InvalidHeader` for any of these, for CR, LF or NUL in any name or value, or a
+    non-token name.
 
     Whole heads are cached per (status, length, keep-alive, version, server, headers) while the
-    ``Date`` line stays the same (at most one second); unhashable headers are not cached.
+    ``Date`` line stays the same (at most one second); unhashable headers and HEAD answers are
+    not cached.
     """
     global _head_date
     key: tuple[Any, ...] | None = None
@@ -169,6 +178,10 @@ def response_head(
         if date is not _head_date:
             _heads.clear()
             _head_date = date
+        if head_only:  # built each time: its framing is not checked like a GET's (rare)
+            return _build_head(
+                status, headers, content_length, keep_alive, http10, server, True, date
+            )
         try:
             if type(headers) is tuple:  # (shared header tuples: hashed as one element)
                 key = (status, content_length, keep_alive, http10, server, headers)
@@ -179,7 +192,7 @@ def response_head(
             key = hit = None
         if hit is not None:
             return hit
-    out = _build_head(status, headers, content_length, keep_alive, http10, server, date)
+    out = _build_head(status, headers, content_length, keep_alive, http10, server, head_only, date)
     if key is not None and len(_heads) < _HEADS_MAX:
         _heads[key] = out
     return out
@@ -197,11 +210,13 @@ def _build_head(
     keep_alive: bool,
     http10: bool,
     server: bytes,
+    head_only: bool,
     date: bytes,
 ) -> tuple[bytes, bool, bool]:
     parts = [_status_lines.get(status) or status_line(status)]
     append = parts.append
     have = 0  # bit set: 1 content-length, 2 transfer-encoding, 4 connection, 8 date, 16 server
+    framing: list[tuple[bytes, bytes]] = []  # the handler's Content-Length / Transfer-Encoding
     cache = _line_cache
     for pair in headers:
         try:
@@ -212,16 +227,29 @@ def _build_head(
             hit = _header_line(pair)
         line, bits = hit
         if bits:
+            if bits & 3:
+                framing.append(pair)
+                if bits & 2 and http10:
+                    continue  # no chunked framing for an HTTP/1.0 client
             have |= bits
             if bits & 32:
                 keep_alive = False
         append(line)
     chunked = False
+    if framing:
+        _check_framing(framing)
     if status in _NO_BODY_STATUS or status < 200:
         pass
     elif content_length is not None:
-        if not have & 3:
+        if have & 2:
+            chunked = True  # the handler asked for chunked framing: the caller frames the body
+        elif not have & 1:
             append(_cl_lines.get(content_length) or b"content-length: %d\r\n" % content_length)
+        elif not head_only and _declared(framing) != content_length:
+            raise InvalidHeader(
+                f"response Content-Length {_declared(framing)} does not match the body "
+                f"({content_length} bytes)"
+            )
     elif have & 2:
         chunked = True  # the handler framed it itself; we still chunk-encode writes
     elif have & 1:
@@ -242,6 +270,35 @@ def _build_head(
             append(b"connection: keep-alive\r\n")
     append(b"\r\n")
     return b"".join(parts), chunked, keep_alive
+
+
+def declared_length(headers: ResponseHeaders) -> int | None:
+    """The value of a ``Content-Length`` among handler ``headers`` (None: there is none, or it
+    is not a number: :func:`response_head` refuses that)."""
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            value = value.strip()
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def _declared(framing: list[tuple[bytes, bytes]]) -> int:
+    """The handler's Content-Length (checked by _check_framing)."""
+    return next(int(v) for n, v in framing if n.lower() == b"content-length")
+
+
+def _check_framing(framing: list[tuple[bytes, bytes]]) -> None:
+    """Refuse framing headers that would desynchronise the connection (see response_head)."""
+    lengths = {v.strip() for n, v in framing if n.lower() == b"content-length"}
+    codings = [v for n, v in framing if n.lower() == b"transfer-encoding"]
+    if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+        raise InvalidHeader(f"invalid response Content-Length {sorted(lengths)!r}")
+    if codings:
+        if lengths:
+            raise InvalidHeader("response has both Content-Length and Transfer-Encoding")
+        last = b",".join(codings).rsplit(b",", 1)[-1].strip().lower()
+        if last != b"chunked":
+            raise InvalidHeader(f"response Transfer-Encoding {codings!r} does not end in chunked")
 
 
 LAST_CHUNK = b"0\r\n\r\n"

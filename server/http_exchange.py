@@ -32,7 +32,7 @@ from .exchange import (
     ResponseHeaders,
     ResponseStarted,
 )
-from .http11 import LAST_CHUNK, ProtocolError, chunk_frame, response_head
+from .http11 import LAST_CHUNK, ProtocolError, chunk_frame, declared_length, response_head
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
@@ -171,8 +171,14 @@ class HttpExchange:
         keep = self._keep_alive
         if keep and (conn._closing or not self._done_body):
             keep = self._response_keep_alive()
-        head, _, keep = response_head(
-            status, headers, len(body), keep, self.head.http_version == "1.0", conn._server_line
+        head, chunked, keep = response_head(
+            status,
+            headers,
+            len(body),
+            keep,
+            self.head.http_version == "1.0",
+            conn._server_line,
+            self._head_only,
         )
         self._started = self._ended = True
         self._keep_alive = keep
@@ -180,8 +186,11 @@ class HttpExchange:
             return
         transport = conn._transport
         assert transport is not None
-        if self._head_only or not body or status in (204, 304):
+        if self._head_only or not (body or chunked) or status in (204, 304):
             transport.write(head)
+        elif chunked:  # the handler's Transfer-Encoding: chunked (rare): the body as one chunk
+            self._sent = len(body)
+            transport.writelines([head, *chunk_frame(body), LAST_CHUNK])
         else:
             n = self._sent = len(body)
             if n <= _JOIN_MAX and type(body) is bytes:
@@ -194,6 +203,8 @@ class HttpExchange:
     ) -> None:
         if self._started:
             raise ResponseStarted("response already started")
+        if content_length is None:  # the handler's own Content-Length counts like one passed
+            content_length = declared_length(headers)
         head, chunked, keep = response_head(
             status,
             headers,
@@ -201,6 +212,7 @@ class HttpExchange:
             keep_alive=self._response_keep_alive(),
             http10=self.head.http_version == "1.0",
             server=self._conn._server_line,
+            head_only=self._head_only,
         )
         self._started = True
         self._keep_alive = keep

@@ -44,6 +44,7 @@ from server.exchange import (
 from server.exchange import (
     Headers as RawHeaders,
 )
+from server.http11_response import declared_length, response_head
 from server.request import Headers
 from server.worker import _NOT_STARTED, _Continue
 
@@ -106,7 +107,7 @@ class MemoryExchange:
         return chunk
 
     def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
-        self._begin(status, headers)
+        self._begin(status, headers, len(body))
         if not any(k.lower() == b"content-length" for k, _ in headers):
             self.headers.append((b"content-length", str(len(body)).encode()))
         if body and self.head.method != "HEAD":
@@ -116,17 +117,31 @@ class MemoryExchange:
     def start(
         self, status: int, headers: ResponseHeaders, content_length: int | None = None
     ) -> None:
-        self._begin(status, headers)
-        self.content_length = content_length
-        if content_length is not None:
-            self.headers.append((b"content-length", str(content_length).encode()))
+        declared = declared_length(headers)  # the handler's own, counted like one passed in
+        length = declared if content_length is None else content_length
+        self._begin(status, headers, length)
+        self.content_length = length
+        if any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers):
+            pass  # the handler framed it (response_head checked that it is consistent)
+        elif length is not None:
+            self.headers.append((b"content-length", str(length).encode()))
         elif self.head.http_version == "1.1":
             self.headers.append((b"transfer-encoding", b"chunked"))
 
-    def _begin(self, status: int, headers: ResponseHeaders) -> None:
+    def _begin(self, status: int, headers: ResponseHeaders, length: int | None) -> None:
         if self.status is not None:
             raise ResponseStarted("response already started")
         _check_headers(headers)
+        # the server's own rules (framing headers that match the body, token names): what
+        # fails here fails on a real connection too
+        response_head(
+            status,
+            headers,
+            length,
+            True,
+            self.head.http_version == "1.0",
+            head_only=self.head.method == "HEAD",
+        )
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
         self.status = status

@@ -656,6 +656,34 @@ async def test_e2e_broken_request_body_is_answered_4xx(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_content_length_header_that_does_not_match_the_body_is_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The in-process client applies the server's framing rules (what fails on a real
+    connection fails in the user's tests too)."""
+    app = App()
+
+    @app.get("/proxy")
+    async def proxy(request: Request) -> Response:
+        # e.g. headers copied from an upstream whose body was decompressed since
+        return Response(b"abc", headers={"content-length": "10"})
+
+    @app.get("/ok")
+    async def ok(request: Request) -> Response:
+        return Response(b"abc", headers={"content-length": "3"})
+
+    client = TestClient(app)
+    with caplog.at_level(logging.ERROR):
+        assert client.get("/proxy").status_code == 500
+    assert any(
+        "does not match the body" in str(r.exc_info[1]) for r in caplog.records if r.exc_info
+    )
+    r = client.get("/ok")
+    assert r.status_code == 200 and r.content == b"abc"
+    r = client.head("/proxy")  # no body sent: the length may be announced
+    assert r.status_code == 200 and r.headers["content-length"] == "10"
+
+
 def test_nan_in_a_json_result_is_a_500_not_invalid_json(caplog: pytest.LogCaptureFixture) -> None:
     app = App()
 

@@ -763,6 +763,60 @@ async def test_request_timeout_of_a_closed_connection_does_not_reach_the_next_on
         await b.close()
 
 
+async def test_handler_framing_headers_never_desynchronise_the_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler's own Content-Length must match its body (else 500, nothing of it sent); its
+    Transfer-Encoding: chunked gets the body framed as chunks; a streamed response that says
+    Content-Length is held to it (a short one closes the connection). Checked with pipelined
+    requests: every later response must still be read where it starts."""
+
+    async def handler(ex: Exchange) -> None:
+        path = ex.head.path
+        if path == "/cl-long":
+            ex.respond(200, [(b"content-length", b"10")], b"abc")
+        elif path == "/cl-short":
+            ex.respond(200, [(b"content-length", b"2")], b"abcdef")
+        elif path == "/te":
+            ex.respond(200, [(b"transfer-encoding", b"chunked")], b"abc")
+        elif path == "/te-empty":
+            ex.respond(200, [(b"transfer-encoding", b"chunked")], b"")
+        elif path == "/stream-short":
+            ex.start(200, [(b"content-length", b"10")])
+            await ex.write(b"abc")
+            await ex.end()
+        else:
+            ex.respond(200, [], path.encode())
+
+    async with running(handler) as port:
+        c = await Raw.open(port)
+        paths = ("/cl-long", "/a", "/cl-short", "/b", "/te", "/c", "/te-empty", "/d")
+        await c.send(b"".join(get(p) for p in paths))
+        got = [await c.response() for _ in paths]
+        assert [(r.status, r.body) for r in got] == [
+            (500, b"internal server error\n"),
+            (200, b"/a"),
+            (500, b"internal server error\n"),
+            (200, b"/b"),
+            (200, b"abc"),
+            (200, b"/c"),
+            (200, b""),
+            (200, b"/d"),
+        ]
+        assert got[4].headers[b"transfer-encoding"] == b"chunked"
+        assert b"content-length" not in got[4].headers
+        await c.send(get("/stream-short") + get("/never"))
+        rest = b""
+        with contextlib.suppress(ConnectionResetError):  # aborted: the client may see a reset
+            rest = await asyncio.wait_for(c.reader.read(), 10)
+        # closed after (at most) the short response, and nothing after it: /never is not answered
+        assert b"/never" not in rest
+        assert not rest or (b"content-length: 10\r\n" in rest and rest.endswith(b"\r\n\r\nabc"))
+        await c.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sum("handler failed" in m for m in errors) == 2, errors
+
+
 # --- faults ---
 
 

@@ -306,6 +306,59 @@ def test_invalid_response_headers(headers: list[tuple[bytes, bytes]]) -> None:
         response_head(200, tuple(headers), content_length=0, keep_alive=True)
 
 
+CL = b"content-length"
+TE = b"transfer-encoding"
+
+
+@pytest.mark.parametrize(
+    ("headers", "length", "why"),
+    [
+        ([(CL, b"10")], 3, "does not match"),  # a body shorter than announced: the client waits
+        ([(CL, b"2")], 6, "does not match"),  # longer: the rest reads as the next response
+        ([(CL, b"5")], 0, "does not match"),
+        ([(CL, b"abc")], 3, "invalid response Content-Length"),
+        ([(CL, b"3"), (CL, b"4")], 3, "invalid response Content-Length"),
+        ([(TE, b"gzip")], 3, "does not end in chunked"),
+        ([(TE, b"chunked"), (CL, b"3")], 3, "both"),
+        ([(TE, b"gzip")], None, "does not end in chunked"),
+        ([(CL, b"x")], None, "invalid response Content-Length"),
+    ],
+)
+def test_handler_framing_headers_must_describe_the_body(
+    headers: list[tuple[bytes, bytes]], length: int | None, why: str
+) -> None:
+    """A handler's Content-Length / Transfer-Encoding that does not frame the body that is sent
+    would desynchronise the connection (a response split, or the next one swallowed)."""
+    for given in (headers, tuple(headers)):
+        with pytest.raises(InvalidHeader, match=why):
+            response_head(200, given, content_length=length, keep_alive=True)
+
+
+def test_handler_framing_headers_that_do_describe_the_body() -> None:
+    head, chunked, _ = response_head(200, [(CL, b"3")], content_length=3, keep_alive=True)
+    assert head.count(b"content-length") == 1 and not chunked
+    # no body is sent: a HEAD answer or a 304 may announce the representation's length
+    for status, head_only in ((200, True), (304, False)):
+        head, chunked, _ = response_head(
+            status, [(CL, b"10240")], content_length=0, keep_alive=True, head_only=head_only
+        )
+        assert b"content-length: 10240\r\n" in head and head.count(b"content-length") == 1
+    with pytest.raises(InvalidHeader):  # the same headers for a GET: refused, not from a cache
+        response_head(200, [(CL, b"10240")], content_length=0, keep_alive=True)
+    # Transfer-Encoding: chunked on a whole body: the caller frames it, no Content-Length
+    head, chunked, _ = response_head(200, [(TE, b"Chunked")], content_length=3, keep_alive=True)
+    assert chunked and b"content-length" not in head and head.count(b"ransfer-encoding") == 1
+    head, chunked, _ = response_head(200, [(TE, b"gzip, chunked")], None, keep_alive=True)
+    assert chunked and head.count(b"ransfer-encoding") == 1
+    # never chunked to an HTTP/1.0 client: the header is dropped, the length (or close) frames it
+    head, chunked, _ = response_head(
+        200, [(TE, b"chunked")], content_length=3, keep_alive=True, http10=True
+    )
+    assert not chunked and b"ransfer-encoding" not in head and b"content-length: 3\r\n" in head
+    head, chunked, keep = response_head(200, [(TE, b"chunked")], None, True, http10=True)
+    assert not chunked and not keep and b"ransfer-encoding" not in head
+
+
 def test_cached_heads_same_for_tuple_and_list_headers_and_never_mixed_up() -> None:
     pairs = [(b"content-type", b"text/plain"), (b"x-a", b"1")]
     for _ in range(2):  # built, then from the cache
