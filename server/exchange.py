@@ -47,7 +47,8 @@ class ResponseStarted(ExchangeError):
 
 
 class InvalidHeader(ExchangeError):
-    """A handler-supplied header name or value contains CR, LF, NUL or is otherwise invalid."""
+    """A handler-supplied header name or value contains CR, LF, NUL or is otherwise invalid, or
+    a framing header (Content-Length, Transfer-Encoding) does not frame the body sent."""
 
 
 class ClientDisconnected(ExchangeError):
