@@ -82,7 +82,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since "
-        "_last_activity _lingering _loop _parser _parsing _pending _queue _requests _server_line _shutdown _stopped "
+        "_last_activity _lingering _loop _parser _parsing _pending _queue _requests _server_line "
+        "_shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
         "handler pool scheme"
     ).split()
