@@ -185,7 +185,11 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             return False
         parsing = self._parsing
         if parsing is not None and not parsing._done_body:
-            parsing._body_error = ClientDisconnected("client closed before the body was complete")
+            # the request can never be complete: a 400 (as nginx), which a half-closed client
+            # may still read; a handler sees it as a disconnect (a ClientDisconnected)
+            parsing._body_error = _BodyProtocolError(
+                ProtocolError(400, "client closed before the body was complete")
+            )
             parsing._wake()
         if not self._queue:
             return False  # nothing to answer: let the transport close
@@ -382,8 +386,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         if t is None or t.is_closing() or self._lingering:
             return
         self._closing = True
-        if self._shutdown or not t.can_write_eof():
-            t.close()
+        if self._shutdown or self._eof or not t.can_write_eof():
+            t.close()  # (after the client's FIN there is nothing left to linger for)
             return
         self._lingering = True
         t.write_eof()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, LIMIT, send_raw
+from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, HALF_CLOSED, LIMIT, send_raw
 
 from server import (
     App,
@@ -648,7 +648,7 @@ async def test_e2e_broken_request_body_is_answered_4xx(
 
             async with httpx.AsyncClient(base_url=url) as client:
                 assert (await client.get("/ok")).text == "ok"
-                got, head, body = await send_raw(url, data)
+                got, head, body = await send_raw(url, data, half_close=case in HALF_CLOSED)
                 assert got == status and reason.lower() in body.lower(), (got, body)
                 assert b"\r\nconnection: close" in head
                 assert (await client.get("/ok")).text == "ok"  # the same other connection

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, LIMIT, send_raw
+from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, HALF_CLOSED, LIMIT, send_raw
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request as SRequest
@@ -368,7 +368,7 @@ async def test_e2e_broken_request_body_is_answered_4xx(
         ):
             r = await client.post("/echo", content=b"fine")
             assert (r.status_code, r.content) == (200, b"fine")
-            got, head, body = await send_raw(url, data)
+            got, head, body = await send_raw(url, data, half_close=case in HALF_CLOSED)
             assert got == status and reason.lower() in body.lower(), (got, body)
             assert b"\r\nconnection: close" in head
             r = await client.post("/echo", content=b"again")  # the same other connection
