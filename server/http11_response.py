@@ -245,9 +245,9 @@ def _build_head(
             chunked = True  # the handler asked for chunked framing: the caller frames the body
         elif not have & 1:
             append(_cl_lines.get(content_length) or b"content-length: %d\r\n" % content_length)
-        elif not head_only and _declared(framing) != content_length:
+        elif not head_only and (declared := declared_length(framing)) != content_length:
             raise InvalidHeader(
-                f"response Content-Length {_declared(framing)} does not match the body "
+                f"response Content-Length {declared} does not match the body "
                 f"({content_length} bytes)"
             )
     elif have & 2:
@@ -280,11 +280,6 @@ def declared_length(headers: ResponseHeaders) -> int | None:
             value = value.strip()
             return int(value) if value.isdigit() else None
     return None
-
-
-def _declared(framing: list[tuple[bytes, bytes]]) -> int:
-    """The handler's Content-Length (checked by _check_framing)."""
-    return next(int(v) for n, v in framing if n.lower() == b"content-length")
 
 
 def _check_framing(framing: list[tuple[bytes, bytes]]) -> None:

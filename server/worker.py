@@ -72,9 +72,9 @@ def only_makes_a_coroutine(handler: Any) -> bool:
     return isinstance(func, types.FunctionType) and bool(func.__code__.co_flags & _CO_COROUTINE)
 
 
-def _body_failure(ex: HttpExchange) -> tuple[int, str] | None:
-    """The status and message for a request body that broke its framing or the size limit."""
-    err = ex._body_error
+def _body_failure(err: BaseException | None) -> tuple[int, str] | None:
+    """The status and message for a request body that broke its framing or the size limit
+    (``err``: what the handler raised, or the exchange's stored body error)."""
     if isinstance(err, BodyTooLarge):
         return 413, "request body too large"
     if isinstance(err, _BodyProtocolError):
@@ -414,10 +414,9 @@ class HandlerRunner:
                 logger.error("handler failed after the client left", exc_info=exc)
             return
         if exc is not None:
-            if isinstance(exc, BodyTooLarge):
-                status, message = 413, "request body too large"
-            elif isinstance(exc, _BodyProtocolError):
-                status, message = exc.error.status, exc.error.message
+            failure = _body_failure(exc)
+            if failure is not None:
+                status, message = failure
             elif isinstance(exc, ClientDisconnected):
                 self._abort("client disconnected")
                 return
@@ -426,7 +425,7 @@ class HandlerRunner:
                     "handler failed: %s %r", ex.head.method, ex.head.raw_path, exc_info=exc
                 )
         elif not ex._started and not timed_out:
-            failure = _body_failure(ex)
+            failure = _body_failure(ex._body_error)
             if failure is None:
                 logger.error(
                     "handler returned without responding: %s %r", ex.head.method, ex.head.raw_path
