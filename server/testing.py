@@ -64,6 +64,11 @@ def _check_headers(headers: ResponseHeaders) -> None:
             raise InvalidHeader(f"invalid header {name!r}: {value!r}")
 
 
+def _framed(headers: ResponseHeaders) -> bool:
+    """The handler supplied Content-Length or Transfer-Encoding (the server adds neither then)."""
+    return any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers)
+
+
 class MemoryExchange:
     """An Exchange whose request comes from memory and whose response is recorded."""
 
@@ -108,7 +113,7 @@ class MemoryExchange:
 
     def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         self._begin(status, headers, len(body))
-        if not any(k.lower() == b"content-length" for k, _ in headers):
+        if not _framed(headers):
             self.headers.append((b"content-length", str(len(body)).encode()))
         if body and self.head.method != "HEAD":
             self.body_chunks.append(bytes(body))
@@ -117,14 +122,14 @@ class MemoryExchange:
     def start(
         self, status: int, headers: ResponseHeaders, content_length: int | None = None
     ) -> None:
-        declared = declared_length(headers)  # the handler's own, counted like one passed in
-        length = declared if content_length is None else content_length
-        self._begin(status, headers, length)
-        self.content_length = length
-        if any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers):
+        if content_length is None:  # the handler's own Content-Length counts like one passed
+            content_length = declared_length(headers)
+        self._begin(status, headers, content_length)
+        self.content_length = content_length
+        if _framed(headers):
             pass  # the handler framed it (response_head checked that it is consistent)
-        elif length is not None:
-            self.headers.append((b"content-length", str(length).encode()))
+        elif content_length is not None:
+            self.headers.append((b"content-length", str(content_length).encode()))
         elif self.head.http_version == "1.1":
             self.headers.append((b"transfer-encoding", b"chunked"))
 

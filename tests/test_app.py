@@ -672,6 +672,10 @@ def test_content_length_header_that_does_not_match_the_body_is_a_500(
     async def ok(request: Request) -> Response:
         return Response(b"abc", headers={"content-length": "3"})
 
+    @app.get("/chunked")
+    async def chunked(request: Request) -> Response:
+        return Response(b"abc", headers={"transfer-encoding": "chunked"})
+
     client = TestClient(app)
     with caplog.at_level(logging.ERROR):
         assert client.get("/proxy").status_code == 500
@@ -680,6 +684,8 @@ def test_content_length_header_that_does_not_match_the_body_is_a_500(
     )
     r = client.get("/ok")
     assert r.status_code == 200 and r.content == b"abc"
+    r = client.get("/chunked")  # framed by chunks, as on a connection: no Content-Length added
+    assert r.content == b"abc" and "content-length" not in r.headers
     r = client.head("/proxy")  # no body sent: the length may be announced
     assert r.status_code == 200 and r.headers["content-length"] == "10"
 
