@@ -49,7 +49,7 @@ from server.response import (
 )
 from server.routing import Endpoint, Handler, Router
 from server.static import contained, split_path
-from server.staticfiles import MEMORY_MAX, StaticFiles
+from server.staticfiles import MEMORY_MAX, SMALL_MAX, StaticFiles
 
 log = logging.getLogger("server.app")
 
@@ -174,7 +174,7 @@ class App:
         dotfiles: bool = False,
         precompressed: bool = True,
         memory_max: int = MEMORY_MAX,
-        small_max: int = 32 * 1024,
+        small_max: int = SMALL_MAX,
         revalidate: float = 1.0,
     ) -> StaticFiles:
         """Serve files under ``directory`` at ``prefix`` (GET/HEAD) with
