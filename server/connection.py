@@ -241,12 +241,21 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
+        if self._stopped:
+            self._resume()  # requests held back while the client was not reading
 
     # --- feeding ---
     def _must_stop(self) -> bool:
         if len(self._queue) >= self.config.max_pipelined:
             return True
         parsing = self._parsing
+        if parsing is None:
+            # the next bytes start a new request: none is read while the client is not reading
+            # the responses (the transport is above its high-water mark), so a pipelining
+            # client that never reads gets at most max_pipelined responses buffered, not
+            # max_requests_per_connection (nginx, too, reads the next request only after it
+            # has flushed the response)
+            return self._write_paused
         if parsing is not None:
             if self._queue and parsing is not self._queue[0] and self._parser.in_body:
                 return True  # a pipelined body waits until its handler runs

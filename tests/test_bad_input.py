@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -136,6 +137,39 @@ async def test_ten_thousand_pipelined_requests() -> None:
         # requests are parsed only max_pipelined ahead of the handler: memory stays bounded
         assert live and max(live) <= Config().max_pipelined + 2
         await c.close()
+
+
+async def test_pipelining_client_that_does_not_read_gets_no_more_work_done() -> None:
+    """A client that pipelines requests and reads none of the answers: the server stops
+    reading requests once the responses back up (the transport above its high-water mark), so
+    it holds at most about max_pipelined generated responses, not one per request sent; when
+    the client reads, every request is answered, in order."""
+    n, size = 200, 256 * 1024
+    calls: list[bytes] = []
+
+    async def generated(ex: Exchange) -> None:
+        calls.append(ex.head.raw_path)
+        ex.respond(200, [], ex.head.raw_path.ljust(size, b"."))  # a fresh body each time
+
+    loop = asyncio.get_running_loop()
+    async with running(generated, max_requests_per_connection=10 * n) as port:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, b"".join(get(f"/{i}") for i in range(n)))
+            await asyncio.sleep(0.5)
+            # (the kernel's socket buffers hold a few responses beyond the transport's)
+            backed_up = len(calls)
+            assert backed_up <= Config().max_pipelined + 32, backed_up
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 24)
+            bodies = [(await asyncio.wait_for(read_response(reader), 10)).body for _ in range(n)]
+            writer.close()
+            assert [b.rstrip(b".") for b in bodies] == [f"/{i}".encode() for i in range(n)]
+            assert len(calls) == n
+        finally:
+            sock.close()
 
 
 @pytest.mark.parametrize("bad", [b"a\r\nSet-Cookie: injected=1", b"a\nb", b"a\x00b"])
