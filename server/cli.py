@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 
 from server.asgi import LifespanFailure
 from server.config import Config
+from server.exchange import ReadyResponse, RequestHead
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -382,6 +383,16 @@ class StaticMounts:
         if self.inner is None:
             return self._not_found(exchange)
         return self.inner(exchange)  # type: ignore[no-any-return]
+
+    def ready(self, head: RequestHead) -> ReadyResponse | None:
+        """A mount's answer from memory (see :meth:`StaticFiles.ready_at`); None for the rest."""
+        path = head.path
+        for prefix, below, files in self.mounts:
+            if path.startswith(below):
+                return files.ready_at(head, path[len(below) :])
+            if path == prefix:
+                return None
+        return None
 
     @staticmethod
     async def _not_found(exchange: Any) -> None:

@@ -47,15 +47,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any
 
 from .compat import guard_writelines
 from .config import Config
 from .deadlines import DeadlineWheel
-from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, RequestHead
-from .http11 import END, ProtocolError, RequestParser, error_response, server_line
-from .http_exchange import _BODY_HIGH, HttpExchange, _BodyProtocolError, _Disconnected
+from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, ReadyResponse, RequestHead
+from .http11 import (
+    END,
+    ProtocolError,
+    RequestParser,
+    error_response,
+    response_head,
+    server_line,
+)
+from .http_exchange import _BODY_HIGH, _JOIN_MAX, HttpExchange, _BodyProtocolError, _Disconnected
 from .worker import HandlerRunner, _ErrorSlot, only_makes_a_coroutine
 
 if TYPE_CHECKING:
@@ -82,7 +90,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since "
-        "_last_activity _lingering _loop _parser _parsing _pending _queue _requests _server_line "
+        "_last_activity _lingering _loop _parser _parsing _pending _queue _ready _requests _server_line "
         "_shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
         "handler pool scheme"
@@ -95,9 +103,11 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         pool: ConnectionPool | None = None,
         *,
         scheme: str = "http",
+        ready: Callable[[RequestHead], ReadyResponse | None] | None = None,
     ) -> None:
         self.handler = handler
         self._handler_is_async = only_makes_a_coroutine(handler)
+        self._ready = ready  # the handler's ready(head) (see server.exchange), or None
         self.config = config
         self.pool = pool
         self.scheme = scheme
@@ -320,6 +330,18 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 self._head_started = 0.0
                 if self._requests >= self.config.max_requests_per_connection:
                     ev.keep_alive = False
+                if (
+                    self._ready is not None
+                    and not queue
+                    and events[-1] is END  # no body: the parser emits END with such a head
+                    and not self._busy
+                    and not self._closing
+                    and not self._write_paused
+                    and self._answer_ready(ev)
+                ):
+                    if self._closing:
+                        break  # answered with a close: what follows is not read
+                    continue
                 ex = HttpExchange(self, ev)
                 self._parsing = ex
                 queue.append(ex)
@@ -355,6 +377,54 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                     queue.append(_ErrorSlot(ev))
         events.clear()
 
+    def _answer_ready(self, head: RequestHead) -> bool:
+        """Answer ``head`` with the handler's ready response, if it has one (a request without
+        a body, nothing before it unanswered; see :mod:`server.exchange`): framed and written
+        here, no exchange made and no handler called. False: the request goes the usual way."""
+        try:
+            ready = self._ready(head)  # type: ignore[misc]
+            if ready is None:
+                return False
+            status, headers, body = ready
+            out, chunked, keep = response_head(
+                status,
+                headers,
+                len(body),
+                head.keep_alive,
+                head.http_version == "1.0",
+                self._server_line,
+                head.method == "HEAD",
+            )
+        except Exception:  # (its own bug, or a header response_head refuses: the usual way)
+            logger.exception("ready() failed: %s %r", head.method, head.raw_path)
+            return False
+        if chunked:
+            return False  # (a Transfer-Encoding of its own: the handler frames it)
+        transport = self._transport
+        assert transport is not None
+        if head.method == "HEAD" or not body:
+            transport.write(out)
+        elif len(body) <= _JOIN_MAX and type(body) is bytes:
+            transport.write(out + body)
+        else:
+            transport.writelines([out, body])
+        if keep:
+            self._went_idle()
+        else:
+            self._closing = True
+            self._close()
+        return True
+
+    def _went_idle(self) -> None:
+        """Nothing left to answer: arm the idle deadlines; close if the client half-closed."""
+        self._last_activity = t = self._loop.time()
+        # idle from here: wake when the worker task and the parser may go, or at the
+        # keep-alive deadline; _on_timer re-checks whatever state it finds.
+        idle_for = _IDLE_AFTER[self._requests > 1]
+        self._arm(t + min(idle_for, self.config.keepalive_timeout))
+        if self._eof:
+            self._close()
+
     def _retire(self, ex: HttpExchange) -> None:
         """The response of ``ex`` is complete: keep the connection or close it."""
         if not ex._keep_alive or (self._closing and not self._queue):
@@ -367,15 +437,9 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             ex._drained = 0
             ex._chunks = None
             ex._buffered = 0
-        if not self._queue:
-            self._last_activity = t = self._loop.time()
-            # idle from here: wake when the worker task and the parser may go, or at the
-            # keep-alive deadline; _on_timer re-checks whatever state it finds. (With more
-            # queued, the last of them does this when it is retired.)
-            idle_for = _IDLE_AFTER[self._requests > 1]
-            self._arm(t + min(idle_for, self.config.keepalive_timeout))
+        if not self._queue:  # (with more queued, the last of them does this when retired)
+            self._went_idle()
             if self._eof:
-                self._close()
                 return
         if self._stopped:
             self._resume()

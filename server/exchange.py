@@ -25,6 +25,13 @@ Rules every implementation keeps:
   (400 or 413 instead when the request body broke its framing or the size limit: ``receive``
   raised, and the handler took it as a disconnect), and aborts the connection when a response
   was started but not ended.
+
+A handler object may also have a ``ready`` method (:class:`ReadyHandler`): a synchronous answer
+from memory, asked first for a request that has no body and nothing unanswered before it. When
+it returns ``(status, headers, body)``, the connection frames and writes that right away, with
+no exchange, no coroutine and no handler call (the open-file cache of ``--static`` answers a
+hot file this way, as nginx does from its ``open_file_cache``); ``None`` sends the request the
+usual way. It must return exactly what the handler would send, run no user code and not block.
 """
 
 from __future__ import annotations
@@ -153,3 +160,15 @@ class AppHandler(Protocol):
     """What the connection layer calls for each request."""
 
     async def __call__(self, exchange: Exchange) -> None: ...
+
+
+ReadyResponse = tuple[int, ResponseHeaders, bytes]
+
+
+class ReadyHandler(AppHandler, Protocol):
+    """An app handler that can answer some requests from memory (see the module docstring)."""
+
+    def ready(self, head: RequestHead) -> ReadyResponse | None:
+        """``(status, headers, body)`` for a bodyless request this handler would answer with
+        exactly that, or None. Called only when nothing before it is unanswered."""
+        ...

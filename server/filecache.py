@@ -271,6 +271,20 @@ class FileCache:
         e.refs += 1
         return e
 
+    def fresh(self, root: str, rel: str) -> OpenFile | None:
+        """The cached entry for ``root/rel`` if :meth:`acquire` would return it without a
+        syscall (its checks are recent enough), else None; no reference is taken, so only its
+        in-memory fields (``data``, ``info``, ``plans``) may be used."""
+        e = self._entries.get((root, rel))
+        if e is None or self._forks != _forks[0]:
+            return None
+        now = self._clock()
+        if now - e.resolved >= self.resolve_interval or now - e.checked >= self.stat_interval:
+            return None
+        self.hits += 1
+        self._entries.move_to_end(e.key)
+        return e
+
     def release(self, e: OpenFile) -> None:
         e.refs -= 1
         if e.retired and e.refs <= 0:

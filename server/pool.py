@@ -127,6 +127,7 @@ class ConnectionPool:
     def __init__(self, handler: AppHandler, config: Config, *, scheme: str = "http") -> None:
         self.handler = handler
         self._call = direct_call(handler)  # what the connections call: one for all of them
+        self._ready = getattr(handler, "ready", None)  # its answers from memory (ReadyHandler)
         self.config = config
         self.scheme = scheme
         self.server = server_line(config.server_header)
@@ -171,7 +172,9 @@ class ConnectionPool:
             conn = self._free.pop()
             self.reused += 1
         else:
-            conn = HttpConnection(self._call, self.config, self, scheme=self.scheme)
+            conn = HttpConnection(
+                self._call, self.config, self, scheme=self.scheme, ready=self._ready
+            )
             self.created += 1
         self.active.add(conn)
         return conn

@@ -16,7 +16,7 @@ import os
 import re
 
 from server import static
-from server.exchange import Exchange
+from server.exchange import Exchange, ReadyResponse, RequestHead
 from server.exchange import Headers as RawHeaders
 from server.filecache import FileCache
 from server.response import CT_HTML, CT_TEXT, Response, send_plan
@@ -102,6 +102,36 @@ class StaticFiles:
             exchange.respond(404, _NOT_FOUND, b"Not Found")
             return
         await self.serve(exchange, path[len(base) + 1 :])
+
+    def ready(self, head: RequestHead) -> ReadyResponse | None:
+        """The answer from memory for ``head`` (see :class:`server.exchange.ReadyHandler`),
+        for ``head.path`` below ``prefix`` as :meth:`__call__` would serve it."""
+        path = head.path
+        base = "" if self.prefix == "/" else self.prefix
+        if not path.startswith(base + "/"):
+            return None
+        return self.ready_at(head, path[len(base) + 1 :])
+
+    def ready_at(self, head: RequestHead, rel: str) -> ReadyResponse | None:
+        """What :meth:`serve` would answer for ``rel``, when that is a whole file held in
+        memory and known without a syscall: a GET without preconditions or Range of a file
+        served before (its plan is kept on its cache entry), checked within ``revalidate``
+        seconds and with no precompressed sibling when it was planned; else None."""
+        if head.method != "GET" or rel.endswith("/"):  # ("file.txt/" is a 404)
+            return None
+        key = self._keys.get(rel)
+        if not key:  # unseen, refused, or the mount's root
+            return None
+        entry = self.cache.fresh(self.root, key)
+        if entry is None or entry.data is None or entry.plans is None:
+            return None
+        plan = entry.plans.get((head.method, False, self.cache_control))
+        if plan is None or plan.status != 200 or not plan.body:
+            return None
+        fields = static.request_fields(head.headers)
+        if fields is not static.NO_FIELDS and fields.conditional:
+            return None
+        return 200, plan.headers, entry.data
 
     def response(self, rel: str) -> Response:
         """A response object serving ``rel`` (for handlers and middleware)."""

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from server.config import Config
-from server.exchange import ClientDisconnected, Exchange
+from server.exchange import ClientDisconnected, Exchange, RequestHead
 from server.serve import serve
 
 Handler = Callable[[Exchange], Awaitable[None]]
@@ -875,3 +875,71 @@ async def test_client_reset_mid_response_cancels_handler(fd_count: Callable[[], 
         c.reset()
         assert await asyncio.wait_for(ended, 10) in ("_Disconnected", "CancelledError")
     assert fd_count() == before
+
+
+class ReadyEcho:
+    """A handler with answers from memory (``ready``) for some paths; ``calls`` counts the
+    requests that reached ``__call__`` (the usual path)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bytes] = []
+
+    def ready(self, head: RequestHead) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        if head.raw_path == b"/raise":
+            raise RuntimeError("ready broke")
+        if head.raw_path == b"/te":
+            return 200, [(b"transfer-encoding", b"chunked")], b"framed by the handler"
+        if head.raw_path.startswith(b"/r"):
+            return 200, [(b"content-type", b"text/plain")], b"ready " + head.raw_path
+        return None
+
+    async def __call__(self, ex: Exchange) -> None:
+        self.calls.append(ex.head.raw_path)
+        body = b""
+        while chunk := await ex.receive():
+            body += chunk
+        ex.respond(200, [(b"content-type", b"text/plain")], b"usual " + ex.head.raw_path + body)
+
+
+async def test_ready_answers_from_the_handler(caplog: pytest.LogCaptureFixture) -> None:
+    """The connection asks ``handler.ready(head)`` first for a bodyless request with nothing
+    unanswered before it: its answer is framed like respond()'s (HEAD, HTTP/1.0, the last
+    request of a connection), and a None, an error or a framing of its own sends the request
+    to the handler as usual; requests with a body, or queued behind one, go the usual way."""
+    h = ReadyEcho()
+    async with running(h, max_requests_per_connection=11) as port:
+        c = await Raw.open(port)
+        await c.send(get("/r1"))
+        r = await c.response()
+        assert (r.status, r.body, r.headers[b"content-length"]) == (200, b"ready /r1", b"9")
+        assert b"date" in r.headers and b"server" in r.headers and b"connection" not in r.headers
+        await c.send(b"HEAD /r2 HTTP/1.1\r\nHost: t\r\n\r\n" + get("/r3"))
+        r = await c.response(head_request=True)
+        assert (r.status, r.body, r.headers[b"content-length"]) == (200, b"", b"9")
+        assert (await c.response()).body == b"ready /r3"
+        assert h.calls == []
+        with caplog.at_level(logging.ERROR, logger="server"):
+            await c.send(get("/raise") + get("/te") + get("/u"))
+            assert [(await c.response()).body for _ in range(3)] == [
+                b"usual /raise",
+                b"usual /te",
+                b"usual /u",
+            ]
+        assert h.calls == [b"/raise", b"/te", b"/u"]
+        assert any("ready() failed" in rec.getMessage() for rec in caplog.records)
+        # a body: the usual way; what is pipelined behind it waits its turn, the usual way too
+        await c.send(b"POST /r4 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab" + get("/r5"))
+        assert (await c.response()).body == b"usual /r4ab"
+        assert (await c.response()).body == b"usual /r5"
+        # back to answers from memory, up to the connection's last request, which closes it
+        await c.send(get("/r6") + get("/r7") + get("/r8"))
+        assert [(await c.response()).body for _ in range(2)] == [b"ready /r6", b"ready /r7"]
+        r = await c.response()
+        assert r.body == b"ready /r8" and r.headers[b"connection"] == b"close"
+        assert await c.closed()
+        c = await Raw.open(port)
+        await c.send(b"GET /r9 HTTP/1.0\r\n\r\n" + get("/r10"))
+        r = await c.response()
+        assert r.body == b"ready /r9" and b"keep-alive" not in r.headers.get(b"connection", b"")
+        assert await c.closed()  # (and /r10, sent after it, is not answered)
+    assert h.calls == [b"/raise", b"/te", b"/u", b"/r4", b"/r5"]

@@ -18,9 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
+from test_connection import Raw, read_response
 
 from server import App, FileResponse, Request, Response
 from server.config import Config
+from server.staticfiles import StaticFiles
 from server.testing import live_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -613,3 +615,153 @@ async def test_mount_answers_alike_with_and_without_middleware(
         assert (await c.get("/s/../secret.txt")).status_code in (400, 404)
         assert (await c.get("/s/missing.txt")).status_code == 404
         assert (await c.post("/s/small.txt")).status_code == 405
+
+
+# --- answers from memory (StaticFiles.ready_at: --static mounts answer hot files themselves) ---
+
+
+def _plain(head: bytes, body: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """A response without its Date line, for comparing two servers' answers."""
+    lines = head.rstrip(b"\r\n").split(b"\r\n")
+    fields = sorted(line.lower() for line in lines[1:] if not line.lower().startswith(b"date:"))
+    return lines[0], fields, body
+
+
+async def test_ready_answers_match_the_usual_ones(
+    tree: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``--static`` mount answers a hot file's plain GET from memory (no exchange, no
+    handler): byte for byte what the App's mount of the same directory answers through the
+    usual path, pipelined in order between requests it does not answer that way
+    (preconditions, Range, HEAD, encodings, directories, refused paths, big files)."""
+    root, files = tree
+    served: list[str] = []  # serve() calls: the usual path
+    usual = StaticFiles.serve
+
+    async def counting(self: StaticFiles, exchange: Any, rel: str, extra: Any = None) -> None:
+        served.append(rel)
+        await usual(self, exchange, rel, extra)
+
+    monkeypatch.setattr(StaticFiles, "serve", counting)
+    app = App()
+    app.static("/s", root)
+    cfg = Config(port=0, static=(("/s", str(root)),))
+    async with live_server(app) as app_url, live_server(None, cfg) as mount_url:
+        etag = (await afetch(app_url, "/s/small.txt"))[1]["etag"]
+        h = b"Host: t\r\n"
+        inm = b"GET /s/small.txt HTTP/1.1\r\nIf-None-Match: %s\r\n" % etag.encode() + h + b"\r\n"
+        plain = b"GET /s/small.txt HTTP/1.1\r\n" + h + b"\r\n"
+        requests = [
+            (plain, False),  # cold: the usual path fills the cache and the plan
+            (plain, True),
+            (b"GET /s/small.txt HTTP/1.1\r\nAccept-Encoding: gzip\r\n" + h + b"\r\n", True),
+            (b"GET /s/small.txt?v=1 HTTP/1.1\r\n" + h + b"\r\n", True),
+            (inm, False),
+            (b"GET /s/small.txt HTTP/1.1\r\nRange: bytes=0-3\r\n" + h + b"\r\n", False),
+            (b"HEAD /s/small.txt HTTP/1.1\r\n" + h + b"\r\n", False),
+            (b"GET /s/small.txt/ HTTP/1.1\r\n" + h + b"\r\n", False),
+            (b"GET /s/style.css HTTP/1.1\r\nAccept-Encoding: gzip\r\n" + h + b"\r\n", False),
+            (b"GET /s/style.css HTTP/1.1\r\n" + h + b"\r\n", False),
+            (b"GET /s/style.css HTTP/1.1\r\n" + h + b"\r\n", False),  # (it has siblings)
+            (b"GET /s/sub HTTP/1.1\r\n" + h + b"\r\n", False),
+            (b"GET /s/sub/ HTTP/1.1\r\n" + h + b"\r\n", False),
+            (b"GET /s/.env HTTP/1.1\r\n" + h + b"\r\n", False),
+            (b"GET /s/big.bin HTTP/1.1\r\n" + h + b"\r\n", False),
+            (b"POST /s/small.txt HTTP/1.1\r\nContent-Length: 2\r\n" + h + b"\r\nab", False),
+            (plain, True),
+        ]
+        answers = {}
+        for url in (app_url, mount_url):
+            port = int(url.rsplit(":", 1)[1])
+            got = []
+            c = await Raw.open(port)
+            for req, ready in requests:  # one at a time: whether serve() ran is exact
+                before = len(served)
+                await c.send(req)
+                r = await c.response(head_request=req.startswith(b"HEAD"))
+                got.append(_plain(r.head, r.body))
+                if url == mount_url:
+                    assert (len(served) == before) == ready, req
+            # pipelined: ready answers, then one that is not, then what queues behind it
+            await c.send(plain * 5 + inm + plain * 2)
+            for _ in range(8):
+                r = await c.response()
+                got.append(_plain(r.head, r.body))
+            await c.close()
+            # closing answers: HTTP/1.0, Connection: close
+            for req in (
+                b"GET /s/small.txt HTTP/1.0\r\n\r\n",
+                b"GET /s/small.txt HTTP/1.1\r\nConnection: close\r\n" + h + b"\r\n",
+            ):
+                c = await Raw.open(port)
+                before = len(served)
+                await c.send(req)
+                r = await c.response()
+                got.append(_plain(r.head, r.body))
+                assert await c.closed()
+                if url == mount_url:
+                    assert len(served) == before, req
+            answers[url] = got
+    assert answers[mount_url] == answers[app_url]
+    assert answers[mount_url][1][2] == files["small.txt"]
+    assert answers[mount_url][-1][0] == answers[mount_url][-2][0] == b"HTTP/1.1 200 OK"
+    assert b"connection: close" in answers[mount_url][-1][1]
+
+
+async def test_ready_answer_sees_a_change_within_revalidate(tmp_path: Path) -> None:
+    """A file answered from memory is re-checked like any cache entry: a rewrite (same size,
+    new bytes) is served once the entry's check is older than ``revalidate``."""
+    (tmp_path / "f.txt").write_bytes(b"one")
+    handler = StaticFiles(tmp_path, revalidate=0.2)
+    served: list[str] = []
+    usual = handler.serve
+
+    async def counting(exchange: Any, rel: str, extra: Any = None) -> None:
+        served.append(rel)
+        await usual(exchange, rel, extra)
+
+    handler.serve = counting  # type: ignore[method-assign]
+    async with live_server(handler, interface="native") as url:
+        async with httpx.AsyncClient(base_url=url) as c:
+            assert (await c.get("/f.txt")).content == b"one"
+            assert (await c.get("/f.txt")).content == b"one"
+            assert len(served) == 1  # the second from memory
+            (tmp_path / "f.txt").write_bytes(b"two")
+            await asyncio.sleep(0.3)
+            assert (await c.get("/f.txt")).content == b"two"
+            assert (await c.get("/f.txt")).content == b"two"
+            assert len(served) == 2
+    handler.close()
+
+
+async def test_ready_answers_stop_for_a_client_that_does_not_read(tmp_path: Path) -> None:
+    """Answers from memory keep the bound of the usual path: a client pipelining requests for a
+    256 KiB file held in memory, reading none, gets about max_pipelined answers made, not one
+    per request; when it reads, all arrive in order."""
+    n, size = 150, 256 * 1024
+    data = os.urandom(size)
+    (tmp_path / "f.bin").write_bytes(data)
+    handler = StaticFiles(tmp_path, memory_max=size)
+    loop = asyncio.get_running_loop()
+    async with live_server(handler, interface="native", max_requests_per_connection=1000) as url:
+        port = int(url.rsplit(":", 1)[1])
+        async with httpx.AsyncClient(base_url=url) as c:
+            assert (await c.get("/f.bin")).content == data  # hot: answered from memory now
+        before = handler.cache.hits
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, b"GET /f.bin HTTP/1.1\r\nHost: t\r\n\r\n" * n)
+            await asyncio.sleep(0.5)
+            made = handler.cache.hits - before
+            assert made <= Config().max_pipelined + 32, made
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 24)
+            for _ in range(n):
+                r = await asyncio.wait_for(read_response(reader), 10)
+                assert r.status == 200 and r.body == data
+            writer.close()
+        finally:
+            sock.close()
+    handler.close()
