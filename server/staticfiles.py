@@ -6,8 +6,9 @@ small files' bytes, revalidation, containment) is :mod:`server.filecache`; this 
 them per request and writes what they decide: one ``exchange.respond`` for a file whose bytes
 are cached or small enough for one ``pread``, :func:`server.response.send_plan` (``sendfile``
 through the loop) for the rest. A request without preconditions or ``Range`` reuses the plan
-kept on its cache entry, so a hot file costs a dict lookup and a write. Every bad path is a
-404, never a 500.
+kept on its cache entry, so a hot file costs a dict lookup and a write; :meth:`StaticFiles.ready`
+gives the connection that same answer for a file held in memory without a request being made
+at all (see :class:`server.exchange.ReadyHandler`). Every bad path is a 404, never a 500.
 """
 
 from __future__ import annotations
