@@ -36,7 +36,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from server.config import Config
-from server.exchange import BodyTooLarge, ClientDisconnected, Exchange
+from server.exchange import (
+    BodyTooLarge,
+    ClientDisconnected,
+    Exchange,
+    ReadyResponse,
+    RequestHead,
+)
 from server.request import Request
 from server.response import (
     CT_BYTES,
@@ -102,6 +108,7 @@ class App:
         self.exception_handlers: dict[type[BaseException], ExceptionHandler] = {}
         self._chain: CallNext | None = None  # built middleware chain, None when no middleware
         self._static = self.router.static  # same dict, bound for the fast path
+        self._mounts: list[str] = []  # "prefix/" of each static mount (see ready)
 
     # --- registration ---
     def route(
@@ -197,8 +204,32 @@ class App:
 
         ep = self.router.add(base + "/{path:path}", ("GET",), static_files, name=f"static:{prefix}")
         ep.serve = lambda exchange, params: files.serve(exchange, params["path"])
+        ep.ready = lambda head, params: files.ready_at(head, params["path"])
+        self._mounts.append(base + "/")
         self.on_shutdown(files.close)
         return files
+
+    @property
+    def ready(self) -> Callable[[RequestHead], ReadyResponse | None] | None:
+        """The connection's answers from memory (:class:`server.exchange.ReadyHandler`) for an
+        app with static mounts: a hot file below a mount, when no middleware wraps the app, is
+        answered as the mount would answer it, with no exchange or handler. None without a
+        mount, so that other apps pay nothing (the server reads this once, at start)."""
+        return self._ready if self._mounts and not self.middlewares else None
+
+    def _ready(self, head: RequestHead) -> ReadyResponse | None:
+        path = head.path
+        for below in self._mounts:
+            if path.startswith(below):
+                break
+        else:
+            return None
+        if self._chain is not None:
+            return None
+        ep, params, _ = self.router.lookup(head.method, path)  # (a route may come first)
+        if ep is None or ep.ready is None:
+            return None
+        return ep.ready(head, params)
 
     # --- lifecycle ---
     async def startup(self) -> None:

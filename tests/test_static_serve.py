@@ -630,24 +630,39 @@ def _plain(head: bytes, body: bytes) -> tuple[bytes, list[bytes], bytes]:
 async def test_ready_answers_match_the_usual_ones(
     tree: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A ``--static`` mount answers a hot file's plain GET from memory (no exchange, no
-    handler): byte for byte what the App's mount of the same directory answers through the
-    usual path, pipelined in order between requests it does not answer that way
-    (preconditions, Range, HEAD, encodings, directories, refused paths, big files)."""
+    """A ``--static`` mount and an App's mount answer a hot file's plain GET from memory (no
+    exchange, no handler): byte for byte what an App's mount wrapped in a middleware (so
+    never from memory) answers through the usual path, pipelined in order between requests
+    they do not answer that way (preconditions, Range, HEAD, encodings, directories, refused
+    paths, big files)."""
     root, files = tree
-    served: list[str] = []  # serve() calls: the usual path
-    usual = StaticFiles.serve
+    from_memory: list[str] = []  # answers ready_at gave
 
-    async def counting(self: StaticFiles, exchange: Any, rel: str, extra: Any = None) -> None:
-        served.append(rel)
-        await usual(self, exchange, rel, extra)
+    def recording(self: StaticFiles, head: Any, rel: str) -> Any:
+        answer = ready_at(self, head, rel)
+        if answer is not None:
+            from_memory.append(rel)
+        return answer
 
-    monkeypatch.setattr(StaticFiles, "serve", counting)
+    ready_at = StaticFiles.ready_at
+    monkeypatch.setattr(StaticFiles, "ready_at", recording)
+    usual_app = App()
+    usual_app.static("/s", root)
+
+    @usual_app.middleware
+    async def passing(request: Request, call_next: Any) -> Response:
+        return await call_next(request)  # type: ignore[no-any-return]
+
     app = App()
     app.static("/s", root)
+    assert app.ready is not None and usual_app.ready is None
     cfg = Config(port=0, static=(("/s", str(root)),))
-    async with live_server(app) as app_url, live_server(None, cfg) as mount_url:
-        etag = (await afetch(app_url, "/s/small.txt"))[1]["etag"]
+    async with (
+        live_server(usual_app) as usual_url,
+        live_server(app) as app_url,
+        live_server(None, cfg) as mount_url,
+    ):
+        etag = (await afetch(usual_url, "/s/small.txt"))[1]["etag"]
         h = b"Host: t\r\n"
         inm = b"GET /s/small.txt HTTP/1.1\r\nIf-None-Match: %s\r\n" % etag.encode() + h + b"\r\n"
         plain = b"GET /s/small.txt HTTP/1.1\r\n" + h + b"\r\n"
@@ -671,17 +686,16 @@ async def test_ready_answers_match_the_usual_ones(
             (plain, True),
         ]
         answers = {}
-        for url in (app_url, mount_url):
+        for url in (usual_url, app_url, mount_url):
             port = int(url.rsplit(":", 1)[1])
             got = []
             c = await Raw.open(port)
-            for req, ready in requests:  # one at a time: whether serve() ran is exact
-                before = len(served)
+            for req, ready in requests:  # one at a time: which were answered from memory
+                before = len(from_memory)
                 await c.send(req)
                 r = await c.response(head_request=req.startswith(b"HEAD"))
                 got.append(_plain(r.head, r.body))
-                if url == mount_url:
-                    assert (len(served) == before) == ready, req
+                assert (len(from_memory) > before) == (ready and url != usual_url), (url, req)
             # pipelined: ready answers, then one that is not, then what queues behind it
             await c.send(plain * 5 + inm + plain * 2)
             for _ in range(8):
@@ -694,15 +708,14 @@ async def test_ready_answers_match_the_usual_ones(
                 b"GET /s/small.txt HTTP/1.1\r\nConnection: close\r\n" + h + b"\r\n",
             ):
                 c = await Raw.open(port)
-                before = len(served)
+                before = len(from_memory)
                 await c.send(req)
                 r = await c.response()
                 got.append(_plain(r.head, r.body))
                 assert await c.closed()
-                if url == mount_url:
-                    assert len(served) == before, req
+                assert (len(from_memory) > before) == (url != usual_url), (url, req)
             answers[url] = got
-    assert answers[mount_url] == answers[app_url]
+    assert answers[mount_url] == answers[app_url] == answers[usual_url]
     assert answers[mount_url][1][2] == files["small.txt"]
     assert answers[mount_url][-1][0] == answers[mount_url][-2][0] == b"HTTP/1.1 200 OK"
     assert b"connection: close" in answers[mount_url][-1][1]
@@ -765,3 +778,31 @@ async def test_ready_answers_stop_for_a_client_that_does_not_read(tmp_path: Path
         finally:
             sock.close()
     handler.close()
+
+
+async def test_app_routes_beside_a_mount_keep_precedence(tmp_path: Path) -> None:
+    """The App answers from memory only what its router sends to the mount: a route under the
+    mount's prefix still gets its requests when a file of that name is hot, and middleware
+    added while serving turns answers from memory off."""
+    (tmp_path / "a.txt").write_bytes(b"file a")
+    (tmp_path / "b.txt").write_bytes(b"file b")
+    app = App()
+
+    @app.get("/s/b.txt")
+    async def b(request: Request) -> str:
+        return "route b"
+
+    app.static("/s", tmp_path)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as c:
+        for _ in range(3):  # (the second and third after the file is hot)
+            assert (await c.get("/s/b.txt")).text == "route b"
+            assert (await c.get("/s/a.txt")).text == "file a"
+
+        @app.middleware
+        async def tag(request: Request, call_next: Any) -> Response:
+            response = await call_next(request)
+            response.headers["x-tag"] = "1"
+            return response  # type: ignore[no-any-return]
+
+        r = await c.get("/s/a.txt")
+        assert r.text == "file a" and r.headers["x-tag"] == "1"
