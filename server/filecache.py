@@ -271,12 +271,13 @@ class FileCache:
         e.refs += 1
         return e
 
-    def fresh(self, root: str, rel: str) -> OpenFile | None:
-        """The cached entry for ``root/rel`` if :meth:`acquire` would return it without a
-        syscall (its checks are recent enough), else None; no reference is taken, so only its
-        in-memory fields (``data``, ``info``, ``plans``) may be used."""
+    def in_memory(self, root: str, rel: str) -> OpenFile | None:
+        """The cached entry for ``root/rel`` if its bytes are held in memory (``data``) and
+        :meth:`acquire` would return it without a syscall (its checks are recent enough), else
+        None (and no hit counted). No reference is taken: only its in-memory fields (``data``,
+        ``info``, ``plans``) may be used."""
         e = self._entries.get((root, rel))
-        if e is None or self._forks != _forks[0]:
+        if e is None or e.data is None or self._forks != _forks[0]:
             return None
         now = self._clock()
         if now - e.resolved >= self.resolve_interval or now - e.checked >= self.stat_interval:

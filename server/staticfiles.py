@@ -123,8 +123,8 @@ class StaticFiles:
         key = self._keys.get(rel)
         if not key:  # unseen, refused, or the mount's root
             return None
-        entry = self.cache.fresh(self.root, key)
-        if entry is None or entry.data is None or entry.plans is None:
+        entry = self.cache.in_memory(self.root, key)
+        if entry is None or entry.plans is None:
             return None
         plan = entry.plans.get((head.method, False, self.cache_control))
         if plan is None or plan.status != 200 or not plan.body:

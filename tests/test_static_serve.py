@@ -744,6 +744,12 @@ async def test_ready_answer_sees_a_change_within_revalidate(tmp_path: Path) -> N
             assert (await c.get("/f.txt")).content == b"two"
             assert (await c.get("/f.txt")).content == b"two"
             assert len(served) == 2
+            # a file not held in memory is asked for once per request, not counted twice
+            (tmp_path / "big.bin").write_bytes(b"b" * 100_000)
+            hits = handler.cache.hits
+            for _ in range(3):
+                assert len((await c.get("/big.bin")).content) == 100_000
+            assert handler.cache.hits - hits == 2  # (the first request opened it)
     handler.close()
 
 
