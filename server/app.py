@@ -40,7 +40,7 @@ from server.exchange import (
     BodyTooLarge,
     ClientDisconnected,
     Exchange,
-    ReadyResponse,
+    MemoryAnswer,
     RequestHead,
 )
 from server.request import Request
@@ -108,7 +108,7 @@ class App:
         self.exception_handlers: dict[type[BaseException], ExceptionHandler] = {}
         self._chain: CallNext | None = None  # built middleware chain, None when no middleware
         self._static = self.router.static  # same dict, bound for the fast path
-        self._mounts: list[str] = []  # "prefix/" of each static mount (see ready)
+        self._mounts: list[str] = []  # "prefix/" of each static mount (see answer_from_memory)
 
     # --- registration ---
     def route(
@@ -204,20 +204,20 @@ class App:
 
         ep = self.router.add(base + "/{path:path}", ("GET",), static_files, name=f"static:{prefix}")
         ep.serve = lambda exchange, params: files.serve(exchange, params["path"])
-        ep.ready = lambda head, params: files.ready_at(head, params["path"])
+        ep.from_memory = lambda head, params: files.memory_answer(head, params["path"])
         self._mounts.append(base + "/")
         self.on_shutdown(files.close)
         return files
 
     @property
-    def ready(self) -> Callable[[RequestHead], ReadyResponse | None] | None:
-        """The connection's answers from memory (:class:`server.exchange.ReadyHandler`) for an
+    def answer_from_memory(self) -> Callable[[RequestHead], MemoryAnswer | None] | None:
+        """The connection's answers from memory (:class:`server.exchange.MemoryAnswering`) for an
         app with static mounts: a hot file below a mount, when no middleware wraps the app, is
         answered as the mount would answer it, with no exchange or handler. None without a
         mount, so that other apps pay nothing (the server reads this once, at start)."""
-        return self._ready if self._mounts and not self.middlewares else None
+        return self._answer if self._mounts and not self.middlewares else None
 
-    def _ready(self, head: RequestHead) -> ReadyResponse | None:
+    def _answer(self, head: RequestHead) -> MemoryAnswer | None:
         path = head.path
         for below in self._mounts:
             if path.startswith(below):
@@ -227,9 +227,9 @@ class App:
         if self._chain is not None:
             return None
         ep, params, _ = self.router.lookup(head.method, path)  # (a route may come first)
-        if ep is None or ep.ready is None:
+        if ep is None or ep.from_memory is None:
             return None
-        return ep.ready(head, params)
+        return ep.from_memory(head, params)
 
     # --- lifecycle ---
     async def startup(self) -> None:

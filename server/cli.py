@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 from server.asgi import LifespanFailure
 from server.config import Config
-from server.exchange import ReadyResponse, RequestHead
+from server.exchange import MemoryAnswer, RequestHead
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -384,12 +384,12 @@ class StaticMounts:
             return self._not_found(exchange)
         return self.inner(exchange)  # type: ignore[no-any-return]
 
-    def ready(self, head: RequestHead) -> ReadyResponse | None:
-        """A mount's answer from memory (see :meth:`StaticFiles.ready_at`); None for the rest."""
+    def answer_from_memory(self, head: RequestHead) -> MemoryAnswer | None:
+        """A mount's answer from memory (:meth:`StaticFiles.memory_answer`); None for the rest."""
         path = head.path
         for prefix, below, files in self.mounts:
             if path.startswith(below):
-                return files.ready_at(head, path[len(below) :])
+                return files.memory_answer(head, path[len(below) :])
             if path == prefix:
                 return None
         return None

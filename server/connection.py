@@ -28,10 +28,10 @@ created with the connection's first request and let go after ``_WORKER_IDLE`` se
 one (at the next deadline tick after the first request: ``_IDLE_AFTER``), so an idle
 keep-alive connection holds no task (memory: ``python -m loadtest.idlemem``).
 
-A handler with a ``ready(head)`` method (:class:`~server.exchange.ReadyHandler`: ``--static``
-mounts) is asked first for a bodyless request with nothing unanswered before it; an answer
-from memory is framed and written right in ``_on_events`` (``_answer_ready``), and the request
-never becomes an exchange.
+A handler with an ``answer_from_memory(head)`` method (``--static`` mounts; see
+:class:`~server.exchange.MemoryAnswering`) is asked first for a bodyless request with nothing
+unanswered before it; its answer is framed and written right in ``_on_events``
+(``_answer_from_memory``), and the request never becomes an exchange.
 
 Timeouts use one lazy deadline per connection: activity only stores a timestamp; the deadline is
 the earliest instant a timeout may expire, and when it comes ``_on_timer`` re-checks the state
@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from .compat import guard_writelines
 from .config import Config
 from .deadlines import DeadlineWheel
-from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, ReadyResponse, RequestHead
+from .exchange import AppHandler, BodyTooLarge, ClientDisconnected, MemoryAnswer, RequestHead
 from .http11 import (
     END,
     ProtocolError,
@@ -95,7 +95,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since "
-        "_last_activity _lingering _loop _parser _parsing _pending _queue _ready _requests _server_line "
+        "_from_memory _last_activity _lingering _loop _parser _parsing _pending _queue _requests "
+        "_server_line "
         "_shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
         "handler pool scheme"
@@ -108,11 +109,12 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         pool: ConnectionPool | None = None,
         *,
         scheme: str = "http",
-        ready: Callable[[RequestHead], ReadyResponse | None] | None = None,
+        from_memory: Callable[[RequestHead], MemoryAnswer | None] | None = None,
     ) -> None:
         self.handler = handler
         self._handler_is_async = only_makes_a_coroutine(handler)
-        self._ready = ready  # the handler's ready(head) (see server.exchange), or None
+        # the handler's answer_from_memory (see server.exchange), or None
+        self._from_memory = from_memory
         self.config = config
         self.pool = pool
         self.scheme = scheme
@@ -257,7 +259,14 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 if not w.done():
                     w.set_result(None)
         if self._stopped:
-            self._resume()  # requests held back while the client was not reading
+            # requests held back while the client was not reading: resumed from the loop, not
+            # from inside a write (TLS transports call this from write()), so no request is
+            # answered in the middle of another answer
+            self._loop.call_soon(self._resume_held, self._gen)
+
+    def _resume_held(self, gen: int) -> None:
+        if gen == self._gen and not self._write_paused:
+            self._resume()
 
     # --- feeding ---
     def _must_stop(self) -> bool:
@@ -336,13 +345,13 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 if self._requests >= self.config.max_requests_per_connection:
                     ev.keep_alive = False
                 if (
-                    self._ready is not None
+                    self._from_memory is not None
                     and not queue
                     and events[-1] is END  # no body: the parser emits END with such a head
                     and not self._busy
                     and not self._closing
                     and not self._write_paused
-                    and self._answer_ready(ev)
+                    and self._answer_from_memory(ev)
                 ):
                     if self._closing:
                         break  # answered with a close: what follows is not read
@@ -382,15 +391,15 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                     queue.append(_ErrorSlot(ev))
         events.clear()
 
-    def _answer_ready(self, head: RequestHead) -> bool:
-        """Answer ``head`` with the handler's ready response, if it has one (a request without
+    def _answer_from_memory(self, head: RequestHead) -> bool:
+        """Answer ``head`` with the handler's answer from memory, if it has one (a request without
         a body, nothing before it unanswered; see :mod:`server.exchange`): framed and written
         here, no exchange made and no handler called. False: the request goes the usual way."""
         try:
-            ready = self._ready(head)  # type: ignore[misc]
-            if ready is None:
+            answer = self._from_memory(head)  # type: ignore[misc]
+            if answer is None:
                 return False
-            status, headers, body = ready
+            status, headers, body = answer
             out, chunked, keep = response_head(
                 status,
                 headers,
@@ -401,13 +410,13 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 head.method == "HEAD",
             )
         except Exception:  # (its own bug, or a header response_head refuses: the usual way)
-            logger.exception("ready() failed: %s %r", head.method, head.raw_path)
+            logger.exception("answer_from_memory() failed: %s %r", head.method, head.raw_path)
             return False
         if chunked:
             return False  # (a Transfer-Encoding of its own: the handler frames it)
         transport = self._transport
         assert transport is not None
-        if head.method == "HEAD" or not body:
+        if head.method == "HEAD" or not body or status in (204, 304):
             transport.write(out)
         elif len(body) <= _JOIN_MAX and type(body) is bytes:
             transport.write(out + body)
@@ -548,7 +557,9 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                     self._send_error(ProtocolError(408, "request header timeout"))
                     return
                 deadlines.append(dl)
-            elif not self._parser.in_body and self._parsing is None:
+            elif not self._parser.in_body and self._parsing is None and not self._pending:
+                # (requests held back while the client does not read are not idleness: there,
+                # send_timeout decides)
                 dl = self._last_activity + cfg.keepalive_timeout
                 if now >= dl:
                     self._transport.close()  # idle keep-alive: close silently

@@ -26,12 +26,14 @@ Rules every implementation keeps:
   raised, and the handler took it as a disconnect), and aborts the connection when a response
   was started but not ended.
 
-A handler object may also have a ``ready`` method (:class:`ReadyHandler`): a synchronous answer
-from memory, asked first for a request that has no body and nothing unanswered before it. When
-it returns ``(status, headers, body)``, the connection frames and writes that right away, with
-no exchange, no coroutine and no handler call (the open-file cache of ``--static`` answers a
-hot file this way, as nginx does from its ``open_file_cache``); ``None`` sends the request the
-usual way. It must return exactly what the handler would send, run no user code and not block.
+A handler object may also have an ``answer_from_memory`` method (:class:`MemoryAnswering`):
+a synchronous answer from memory, asked first for a request that has no body and nothing
+unanswered before it. When it returns ``(status, headers, body)``, the connection frames and
+writes that right away, with no exchange, no coroutine and no handler call (the open-file cache
+of ``--static`` answers a hot file this way, as nginx does from its ``open_file_cache``);
+``None`` sends the request the usual way. It must return exactly what the handler would send,
+run no user code and not block. (A specific name, not ``ready``: a handler's own attribute must
+not be taken for it by accident.)
 """
 
 from __future__ import annotations
@@ -162,13 +164,13 @@ class AppHandler(Protocol):
     async def __call__(self, exchange: Exchange) -> None: ...
 
 
-ReadyResponse = tuple[int, ResponseHeaders, bytes]
+MemoryAnswer = tuple[int, ResponseHeaders, bytes]
 
 
-class ReadyHandler(AppHandler, Protocol):
+class MemoryAnswering(AppHandler, Protocol):
     """An app handler that can answer some requests from memory (see the module docstring)."""
 
-    def ready(self, head: RequestHead) -> ReadyResponse | None:
+    def answer_from_memory(self, head: RequestHead) -> MemoryAnswer | None:
         """``(status, headers, body)`` for a bodyless request this handler would answer with
         exactly that, or None. Called only when nothing before it is unanswered."""
         ...

@@ -127,7 +127,8 @@ class ConnectionPool:
     def __init__(self, handler: AppHandler, config: Config, *, scheme: str = "http") -> None:
         self.handler = handler
         self._call = direct_call(handler)  # what the connections call: one for all of them
-        self._ready = getattr(handler, "ready", None)  # its answers from memory (ReadyHandler)
+        from_memory = getattr(handler, "answer_from_memory", None)  # (MemoryAnswering)
+        self._from_memory = from_memory if callable(from_memory) else None
         self.config = config
         self.scheme = scheme
         self.server = server_line(config.server_header)
@@ -173,7 +174,7 @@ class ConnectionPool:
             self.reused += 1
         else:
             conn = HttpConnection(
-                self._call, self.config, self, scheme=self.scheme, ready=self._ready
+                self._call, self.config, self, scheme=self.scheme, from_memory=self._from_memory
             )
             self.created += 1
         self.active.add(conn)

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .exchange import Exchange, ReadyResponse, RequestHead
+    from .exchange import Exchange, MemoryAnswer, RequestHead
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -64,7 +64,7 @@ CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
 class Endpoint:
     """A handler bound to one path pattern and a set of methods."""
 
-    __slots__ = ("func", "max_body_size", "methods", "name", "path", "ready", "serve")
+    __slots__ = ("func", "max_body_size", "methods", "name", "from_memory", "path", "serve")
 
     def __init__(
         self,
@@ -83,8 +83,9 @@ class Endpoint:
         # itself from the path params, with no Request or Response object (static mounts).
         # ``func`` stays the handler middleware sees; both must answer alike.
         self.serve: Callable[[Exchange, dict[str, Any]], Awaitable[None]] | None = None
-        # And its answer from memory (see server.exchange.ReadyHandler), asked by App.ready.
-        self.ready: Callable[[RequestHead, dict[str, Any]], ReadyResponse | None] | None = None
+        # And its answer from memory (see server.exchange.MemoryAnswering), for App's.
+        self.from_memory: Callable[[RequestHead, dict[str, Any]], MemoryAnswer | None] | None
+        self.from_memory = None
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name} {'|'.join(self.methods)} {self.path!r}>"

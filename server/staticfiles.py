@@ -6,9 +6,10 @@ small files' bytes, revalidation, containment) is :mod:`server.filecache`; this 
 them per request and writes what they decide: one ``exchange.respond`` for a file whose bytes
 are cached or small enough for one ``pread``, :func:`server.response.send_plan` (``sendfile``
 through the loop) for the rest. A request without preconditions or ``Range`` reuses the plan
-kept on its cache entry, so a hot file costs a dict lookup and a write; :meth:`StaticFiles.ready`
-gives the connection that same answer for a file held in memory without a request being made
-at all (see :class:`server.exchange.ReadyHandler`). Every bad path is a 404, never a 500.
+kept on its cache entry, so a hot file costs a dict lookup and a write;
+:meth:`StaticFiles.answer_from_memory` gives the connection that same answer for a file held in
+memory without a request being made at all (see :class:`server.exchange.MemoryAnswering`).
+Every bad path is a 404, never a 500.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import re
 
 from server import static
-from server.exchange import Exchange, ReadyResponse, RequestHead
+from server.exchange import Exchange, MemoryAnswer, RequestHead
 from server.exchange import Headers as RawHeaders
 from server.filecache import FileCache
 from server.response import CT_HTML, CT_TEXT, Response, send_plan
@@ -84,6 +85,9 @@ class StaticFiles:
         self.dotfiles = dotfiles
         self.precompressed = precompressed
         self.small_max = small_max  # files up to this size are read + written, not sendfile'd
+        # where serve() keeps, on a cache entry, the plan memory_answer may answer with (one per
+        # Cache-Control and precompressed setting: a cache may be shared by several mounts)
+        self._memory_key = ("memory", self.cache_control, precompressed)
         # URL remainder -> cache key (None: refused), decided with the dotfiles setting above
         self._keys: dict[str, str | None] = {}
         self.cache = cache or FileCache(
@@ -104,16 +108,16 @@ class StaticFiles:
             return
         await self.serve(exchange, path[len(base) + 1 :])
 
-    def ready(self, head: RequestHead) -> ReadyResponse | None:
-        """The answer from memory for ``head`` (see :class:`server.exchange.ReadyHandler`),
+    def answer_from_memory(self, head: RequestHead) -> MemoryAnswer | None:
+        """The answer from memory for ``head`` (see :class:`server.exchange.MemoryAnswering`),
         for ``head.path`` below ``prefix`` as :meth:`__call__` would serve it."""
         path = head.path
         base = "" if self.prefix == "/" else self.prefix
         if not path.startswith(base + "/"):
             return None
-        return self.ready_at(head, path[len(base) + 1 :])
+        return self.memory_answer(head, path[len(base) + 1 :])
 
-    def ready_at(self, head: RequestHead, rel: str) -> ReadyResponse | None:
+    def memory_answer(self, head: RequestHead, rel: str) -> MemoryAnswer | None:
         """What :meth:`serve` would answer for ``rel``, when that is a whole file held in
         memory and known without a syscall: a GET without preconditions or Range of a file
         served before (its plan is kept on its cache entry), checked within ``revalidate``
@@ -126,8 +130,8 @@ class StaticFiles:
         entry = self.cache.in_memory(self.root, key)
         if entry is None or entry.plans is None:
             return None
-        plan = entry.plans.get((head.method, False, self.cache_control))
-        if plan is None or plan.status != 200 or not plan.body:
+        plan = entry.plans.get(self._memory_key)
+        if plan is None:
             return None
         fields = static.request_fields(head.headers)
         if fields is not static.NO_FIELDS and fields.conditional:
@@ -189,6 +193,8 @@ class StaticFiles:
                             chosen is None or wanted.index(coding) < wanted.index(chosen[0])
                         ):
                             chosen = (coding, sib)
+                if vary and entry.plans:  # a sibling appeared: no more answers from memory
+                    entry.plans.pop(self._memory_key, None)
                 if chosen is not None:
                     coding, entry = chosen
                     sinfo = entry.info
@@ -229,6 +235,8 @@ class StaticFiles:
             data = entry.data
             if data is not None and plan.status == 200 and plan.body:
                 exchange.respond(200, plan.headers, data)  # a whole file held in memory
+                if reuse and not vary and head.method == "GET":
+                    plans[self._memory_key] = plan  # type: ignore[index]  # memory_answer's
                 return
             if data is None and plan.body and 0 < info.size <= self.small_max:
                 # small file: one pread, then head and body leave in one write; cheaper than

@@ -142,8 +142,9 @@ async def test_ten_thousand_pipelined_requests() -> None:
 async def test_pipelining_client_that_does_not_read_gets_no_more_work_done() -> None:
     """A client that pipelines requests and reads none of the answers: the server stops
     reading requests once the responses back up (the transport above its high-water mark), so
-    it holds at most about max_pipelined generated responses, not one per request sent; when
-    the client reads, every request is answered, in order."""
+    it holds at most about max_pipelined generated responses, not one per request sent. The
+    requests it holds back are not idleness: past keepalive_timeout (but within send_timeout)
+    the connection stays. When the client reads, every request is answered, in order."""
     n, size = 200, 256 * 1024
     calls: list[bytes] = []
 
@@ -152,7 +153,8 @@ async def test_pipelining_client_that_does_not_read_gets_no_more_work_done() -> 
         ex.respond(200, [], ex.head.raw_path.ljust(size, b"."))  # a fresh body each time
 
     loop = asyncio.get_running_loop()
-    async with running(generated, max_requests_per_connection=10 * n) as port:
+    cfg = {"max_requests_per_connection": 10 * n, "keepalive_timeout": 0.2}
+    async with running(generated, **cfg) as port:  # type: ignore[arg-type]
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)

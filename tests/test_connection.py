@@ -877,16 +877,20 @@ async def test_client_reset_mid_response_cancels_handler(fd_count: Callable[[], 
     assert fd_count() == before
 
 
-class ReadyEcho:
-    """A handler with answers from memory (``ready``) for some paths; ``calls`` counts the
+class MemoryEcho:
+    """A handler with answers from memory (``answer_from_memory``) for some paths; ``calls`` counts the
     requests that reached ``__call__`` (the usual path)."""
 
     def __init__(self) -> None:
         self.calls: list[bytes] = []
 
-    def ready(self, head: RequestHead) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def answer_from_memory(
+        self, head: RequestHead
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         if head.raw_path == b"/raise":
-            raise RuntimeError("ready broke")
+            raise RuntimeError("answer_from_memory broke")
+        if head.raw_path == b"/204":
+            return 204, [], b"a body a 204 never has"
         if head.raw_path == b"/te":
             return 200, [(b"transfer-encoding", b"chunked")], b"framed by the handler"
         if head.raw_path.startswith(b"/r"):
@@ -901,22 +905,23 @@ class ReadyEcho:
         ex.respond(200, [(b"content-type", b"text/plain")], b"usual " + ex.head.raw_path + body)
 
 
-async def test_ready_answers_from_the_handler(caplog: pytest.LogCaptureFixture) -> None:
-    """The connection asks ``handler.ready(head)`` first for a bodyless request with nothing
+async def test_answers_from_memory_of_the_handler(caplog: pytest.LogCaptureFixture) -> None:
+    """The connection asks ``handler.answer_from_memory(head)`` first for a bodyless request with nothing
     unanswered before it: its answer is framed like respond()'s (HEAD, HTTP/1.0, the last
     request of a connection), and a None, an error or a framing of its own sends the request
     to the handler as usual; requests with a body, or queued behind one, go the usual way."""
-    h = ReadyEcho()
-    async with running(h, max_requests_per_connection=11) as port:
+    h = MemoryEcho()
+    async with running(h, max_requests_per_connection=12) as port:
         c = await Raw.open(port)
         await c.send(get("/r1"))
         r = await c.response()
         assert (r.status, r.body, r.headers[b"content-length"]) == (200, b"ready /r1", b"9")
         assert b"date" in r.headers and b"server" in r.headers and b"connection" not in r.headers
-        await c.send(b"HEAD /r2 HTTP/1.1\r\nHost: t\r\n\r\n" + get("/r3"))
+        await c.send(b"HEAD /r2 HTTP/1.1\r\nHost: t\r\n\r\n" + get("/204") + get("/r3"))
         r = await c.response(head_request=True)
         assert (r.status, r.body, r.headers[b"content-length"]) == (200, b"", b"9")
-        assert (await c.response()).body == b"ready /r3"
+        assert (await c.response()).status == 204  # (its body is not sent: read_response
+        assert (await c.response()).body == b"ready /r3"  # would take it for this one)
         assert h.calls == []
         with caplog.at_level(logging.ERROR, logger="server"):
             await c.send(get("/raise") + get("/te") + get("/u"))
@@ -926,7 +931,7 @@ async def test_ready_answers_from_the_handler(caplog: pytest.LogCaptureFixture) 
                 b"usual /u",
             ]
         assert h.calls == [b"/raise", b"/te", b"/u"]
-        assert any("ready() failed" in rec.getMessage() for rec in caplog.records)
+        assert any("answer_from_memory() failed" in rec.getMessage() for rec in caplog.records)
         # a body: the usual way; what is pipelined behind it waits its turn, the usual way too
         await c.send(b"POST /r4 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab" + get("/r5"))
         assert (await c.response()).body == b"usual /r4ab"

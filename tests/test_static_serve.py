@@ -7,6 +7,7 @@ asyncio. Clients: httpx, http.client (exact request targets, no normalisation) a
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import os
 import shutil
@@ -419,13 +420,14 @@ async def test_plans_kept_for_plain_requests_only(tmp_path: Path) -> None:
         r = await c.get("/s/f.bin", headers={"accept-encoding": "gzip, br"})
         assert r.status_code == 200 and r.content == data
         [entry] = [e for e in files.cache._entries.values() if e.key[1] == "f.bin"]
-        assert entry.plans is not None and len(entry.plans) == 1
+        assert entry.plans is not None and len(entry.plans) == 2  # (and the memory answer's)
+        assert entry.plans[files._memory_key] is entry.plans[("GET", False, None)]
         assert (await c.get("/s/f.bin")).content == data
         r2 = await c.get("/s/f.bin", headers={"if-none-match": r.headers["etag"]})
         assert r2.status_code == 304 and r2.content == b""
         r3 = await c.get("/s/f.bin", headers={"range": "bytes=10-19"})
         assert r3.status_code == 206 and r3.content == data[10:20]
-        assert len(entry.plans) == 1  # neither of those was kept
+        assert len(entry.plans) == 2  # neither of those was kept
         long_name = "x" * 300
         assert (await c.get("/s/" + long_name)).status_code == 404
         assert long_name not in files._keys and "f.bin" in files._keys
@@ -617,7 +619,7 @@ async def test_mount_answers_alike_with_and_without_middleware(
         assert (await c.post("/s/small.txt")).status_code == 405
 
 
-# --- answers from memory (StaticFiles.ready_at: --static mounts answer hot files themselves) ---
+# --- answers from memory (StaticFiles.memory_answer: --static and App mounts) ---
 
 
 def _plain(head: bytes, body: bytes) -> tuple[bytes, list[bytes], bytes]:
@@ -627,7 +629,7 @@ def _plain(head: bytes, body: bytes) -> tuple[bytes, list[bytes], bytes]:
     return lines[0], fields, body
 
 
-async def test_ready_answers_match_the_usual_ones(
+async def test_answers_from_memory_match_the_usual_ones(
     tree: tuple[Path, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A ``--static`` mount and an App's mount answer a hot file's plain GET from memory (no
@@ -636,16 +638,16 @@ async def test_ready_answers_match_the_usual_ones(
     they do not answer that way (preconditions, Range, HEAD, encodings, directories, refused
     paths, big files)."""
     root, files = tree
-    from_memory: list[str] = []  # answers ready_at gave
+    from_memory: list[str] = []  # answers memory_answer gave
 
     def recording(self: StaticFiles, head: Any, rel: str) -> Any:
-        answer = ready_at(self, head, rel)
+        answer = memory_answer(self, head, rel)
         if answer is not None:
             from_memory.append(rel)
         return answer
 
-    ready_at = StaticFiles.ready_at
-    monkeypatch.setattr(StaticFiles, "ready_at", recording)
+    memory_answer = StaticFiles.memory_answer
+    monkeypatch.setattr(StaticFiles, "memory_answer", recording)
     usual_app = App()
     usual_app.static("/s", root)
 
@@ -655,7 +657,7 @@ async def test_ready_answers_match_the_usual_ones(
 
     app = App()
     app.static("/s", root)
-    assert app.ready is not None and usual_app.ready is None
+    assert app.answer_from_memory is not None and usual_app.answer_from_memory is None
     cfg = Config(port=0, static=(("/s", str(root)),))
     async with (
         live_server(usual_app) as usual_url,
@@ -721,7 +723,7 @@ async def test_ready_answers_match_the_usual_ones(
     assert b"connection: close" in answers[mount_url][-1][1]
 
 
-async def test_ready_answer_sees_a_change_within_revalidate(tmp_path: Path) -> None:
+async def test_answer_from_memory_sees_a_change_within_revalidate(tmp_path: Path) -> None:
     """A file answered from memory is re-checked like any cache entry: a rewrite (same size,
     new bytes) is served once the entry's check is older than ``revalidate``."""
     (tmp_path / "f.txt").write_bytes(b"one")
@@ -753,7 +755,7 @@ async def test_ready_answer_sees_a_change_within_revalidate(tmp_path: Path) -> N
     handler.close()
 
 
-async def test_ready_answers_stop_for_a_client_that_does_not_read(tmp_path: Path) -> None:
+async def test_answers_from_memory_stop_for_a_client_that_does_not_read(tmp_path: Path) -> None:
     """Answers from memory keep the bound of the usual path: a client pipelining requests for a
     256 KiB file held in memory, reading none, gets about max_pipelined answers made, not one
     per request; when it reads, all arrive in order."""
@@ -812,3 +814,36 @@ async def test_app_routes_beside_a_mount_keep_precedence(tmp_path: Path) -> None
 
         r = await c.get("/s/a.txt")
         assert r.text == "file a" and r.headers["x-tag"] == "1"
+
+
+async def test_answers_from_memory_stop_when_a_precompressed_sibling_appears(
+    tmp_path: Path,
+) -> None:
+    """A hot file answered from memory is rewritten and gains a ``.gz`` sibling: once the
+    mount has seen the sibling (within the cache's re-resolve second), every answer is the
+    negotiated one with ``Vary``, never again an identity answer kept from before."""
+    css = b"body{color:red}\n" * 20
+    (tmp_path / "style.css").write_bytes(css)
+    handler = StaticFiles(tmp_path, revalidate=0.1)
+    async with live_server(handler, interface="native") as url:
+        async with httpx.AsyncClient(base_url=url, headers={"accept-encoding": "gzip"}) as c:
+            for _ in range(2):  # the second from memory
+                r = await c.get("/style.css")
+                assert "content-encoding" not in r.headers and "vary" not in r.headers
+            await asyncio.sleep(0.15)
+            css = b"body{color:blue}\n" * 20  # rewritten with its new sibling: a new entry
+            (tmp_path / "style.css").write_bytes(css)
+            (tmp_path / "style.css.gz").write_bytes(gzip.compress(css))
+            seen: list[str | None] = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3.0
+            while loop.time() < deadline and seen.count("gzip") < 20:
+                r = await c.get("/style.css")
+                seen.append(r.headers.get("content-encoding"))
+                if r.headers.get("content-encoding") == "gzip":
+                    assert r.headers["vary"] == "Accept-Encoding"
+                assert r.content == css  # (httpx decodes it)
+                await asyncio.sleep(0.02)
+            first = seen.index("gzip")  # (within about a second)
+            assert seen[first:] == ["gzip"] * (len(seen) - first), seen
+    handler.close()

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -186,24 +187,43 @@ def test_ttin_ttou_change_the_worker_count(start: Start) -> None:
         assert get(port)[0] == 200
 
 
+def answering_pids(fetch: Callable[[str], tuple[int, str]]) -> set[int]:
+    """The pids of the workers that answer on a shared listener. Which idle worker accepts a
+    connection is the kernel's choice (one may win every time), so one worker's loop is held
+    by ``/spin`` while ``/`` is asked: the other one must accept those."""
+    seen = set()
+    spun: list[tuple[int, str]] = []
+    spinner = threading.Thread(target=lambda: spun.append(fetch("/spin/600")))
+    spinner.start()
+    try:
+        time.sleep(0.2)  # (accepted by then)
+        for _ in range(10):
+            status, body = fetch("/")
+            assert status == 200
+            seen.add(int(body.split()[-1]))
+    finally:
+        spinner.join(10)
+    assert spun and spun[0][0] == 200
+    seen.add(int(spun[0][1].split()[-1]))
+    return seen
+
+
 def test_unix_socket_shared_by_workers(start: Start, tmp_path: Path) -> None:
     path = str(tmp_path / "w.sock")
     p = start("--workers", "2", "--uds", path)
     pids = set(p.ready_pids(2))
-    seen = set()
-    for _ in range(200):
+
+    def uds_get(target: str) -> tuple[int, str]:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(10)
             s.connect(path)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target.encode())
             data = b""
             while chunk := s.recv(4096):
                 data += chunk
-        assert data.startswith(b"HTTP/1.1 200")
-        seen.add(int(data.rsplit(b" ", 1)[-1]))
-        if seen == pids:
-            break
-    assert seen == pids
+        return int(data.split(b" ", 2)[1]), data.decode()
+
+    assert answering_pids(uds_get) == pids
     p.signal(signal.SIGTERM)
     assert p.wait() == 0
     assert not os.path.exists(path)
@@ -223,14 +243,7 @@ def test_inherited_fd_shared_by_workers(tmp_path: Path) -> None:
         try:
             p.wait_for(r"listening on fd \d+ \(shared listener\)")
             pids = set(p.ready_pids(2))
-            seen = set()
-            for _ in range(200):
-                status, body = get(port)
-                assert status == 200
-                seen.add(int(body.split()[-1]))
-                if seen == pids:
-                    break
-            assert seen == pids
+            assert answering_pids(lambda target: get(port, target)) == pids
             p.signal(signal.SIGTERM)
             assert p.wait() == 0
         finally:

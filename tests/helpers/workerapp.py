@@ -3,7 +3,7 @@
 :func:`write_app` writes ``<dir>/<name>.py`` with ``VERSION`` baked in; every body ends with
 the worker's pid so a test can tell the workers apart. ``/slow/{ms}`` logs ``slow-start PID``
 on stderr before sleeping (a synchronisation point), ``/block`` blocks the whole loop (for the
-heartbeat test), ``/crash`` exits the worker at once. ``extra`` is appended verbatim (startup
+heartbeat test), ``/spin/{ms}`` blocks it for ``ms`` (so the other worker must accept), ``/crash`` exits the worker at once. ``extra`` is appended verbatim (startup
 hooks for the crash-loop and boot-error tests).
 """
 
@@ -35,6 +35,12 @@ async def slow(request):
 async def block(request):
     time.sleep(60)
     return "unblocked " + str(os.getpid())
+
+
+@app.get("/spin/{{ms}}")
+async def spin(request):
+    time.sleep(int(request.path_params["ms"]) / 1000)  # holds this worker's loop
+    return "spun " + str(os.getpid())
 
 
 @app.get("/crash")
