@@ -259,9 +259,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 if not w.done():
                     w.set_result(None)
         if self._stopped:
-            # requests held back while the client was not reading: resumed from the loop, not
-            # from inside a write (TLS transports call this from write()), so no request is
-            # answered in the middle of another answer
+            # held-back requests: resumed from the loop, not inside a write (TLS transports
+            # call this from write()): no request is answered in the middle of another answer
             self._loop.call_soon(self._resume_held, self._gen)
 
     def _resume_held(self, gen: int) -> None:
@@ -274,11 +273,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             return True
         parsing = self._parsing
         if parsing is None:
-            # the next bytes start a new request: none is read while the client is not reading
-            # the responses (the transport is above its high-water mark), so a pipelining
-            # client that never reads gets at most max_pipelined responses buffered, not
-            # max_requests_per_connection (nginx, too, reads the next request only after it
-            # has flushed the response)
+            # a new request: none is read while the client is not reading the answers (as
+            # nginx), so a pipelining client that never reads gets ~max_pipelined buffered
             return self._write_paused
         if parsing is not None:
             if self._queue and parsing is not self._queue[0] and self._parser.in_body:
@@ -432,8 +428,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
     def _went_idle(self) -> None:
         """Nothing left to answer: arm the idle deadlines; close if the client half-closed."""
         self._last_activity = t = self._loop.time()
-        # idle from here: wake when the worker task and the parser may go, or at the
-        # keep-alive deadline; _on_timer re-checks whatever state it finds.
+        # wake when the worker task and the parser may go, or at the keep-alive deadline
         idle_for = _IDLE_AFTER[self._requests > 1]
         self._arm(t + min(idle_for, self.config.keepalive_timeout))
         if self._eof:
@@ -558,8 +553,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                     return
                 deadlines.append(dl)
             elif not self._parser.in_body and self._parsing is None and not self._pending:
-                # (requests held back while the client does not read are not idleness: there,
-                # send_timeout decides)
+                # (input held back while the client does not read is not idle: send_timeout)
                 dl = self._last_activity + cfg.keepalive_timeout
                 if now >= dl:
                     self._transport.close()  # idle keep-alive: close silently
