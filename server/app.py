@@ -217,16 +217,15 @@ class App:
         mount, so that other apps pay nothing (the server reads this once, at start)."""
         return self._answer if self._mounts and not self.middlewares else None
 
+    @property
+    def memory_paths(self) -> tuple[str, ...]:
+        """Where :attr:`answer_from_memory` may answer: below the static mounts."""
+        return tuple(self._mounts)
+
     def _answer(self, head: RequestHead) -> MemoryAnswer | None:
-        path = head.path
-        for below in self._mounts:
-            if path.startswith(below):
-                break
-        else:
-            return None
         if self._chain is not None:
             return None
-        ep, params, _ = self.router.lookup(head.method, path)  # (a route may come first)
+        ep, params, _ = self.router.lookup(head.method, head.path)  # (a route may come first)
         if ep is None or ep.from_memory is None:
             return None
         return ep.from_memory(head, params)

@@ -370,6 +370,7 @@ class StaticMounts:
             self.mounts.append((prefix, prefix + "/", files))
         self.mounts.sort(key=lambda m: len(m[0]), reverse=True)
         self.prefixes = [p for p, _, _ in self.mounts]
+        self.memory_paths = tuple(below for _, below, _ in self.mounts)  # (MemoryAnswering)
 
     def __call__(self, exchange: Any) -> Coroutine[Any, Any, None]:
         # Not a coroutine function: it hands back the coroutine that serves the request (a

@@ -95,8 +95,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since "
-        "_from_memory _last_activity _lingering _loop _parser _parsing _pending _queue _requests "
-        "_server_line "
+        "_from_memory _last_activity _lingering _loop _memory_paths _parser _parsing _pending "
+        "_queue _requests _server_line "
         "_shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
         "handler pool scheme"
@@ -110,11 +110,14 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         *,
         scheme: str = "http",
         from_memory: Callable[[RequestHead], MemoryAnswer | None] | None = None,
+        memory_paths: tuple[str, ...] = ("",),
     ) -> None:
         self.handler = handler
         self._handler_is_async = only_makes_a_coroutine(handler)
-        # the handler's answer_from_memory (see server.exchange), or None
+        # the handler's answer_from_memory (see server.exchange), or None, and the path
+        # prefixes it is asked for
         self._from_memory = from_memory
+        self._memory_paths = memory_paths
         self.config = config
         self.pool = pool
         self.scheme = scheme
@@ -342,6 +345,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                     ev.keep_alive = False
                 if (
                     self._from_memory is not None
+                    and ev.path.startswith(self._memory_paths)  # (first: it rules most out)
                     and not queue
                     and events[-1] is END  # no body: the parser emits END with such a head
                     and not self._busy

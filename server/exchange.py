@@ -33,7 +33,8 @@ writes that right away, with no exchange, no coroutine and no handler call (the 
 of ``--static`` answers a hot file this way, as nginx does from its ``open_file_cache``);
 ``None`` sends the request the usual way. It must return exactly what the handler would send,
 run no user code and not block. (A specific name, not ``ready``: a handler's own attribute must
-not be taken for it by accident.)
+not be taken for it by accident.) Its ``memory_paths`` attribute names the path prefixes it may
+answer below, so that other requests cost the connection one ``startswith`` and no call.
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ MemoryAnswer = tuple[int, ResponseHeaders, bytes]
 
 class MemoryAnswering(AppHandler, Protocol):
     """An app handler that can answer some requests from memory (see the module docstring)."""
+
+    memory_paths: tuple[str, ...]  # it is asked only for paths starting with one of these
 
     def answer_from_memory(self, head: RequestHead) -> MemoryAnswer | None:
         """``(status, headers, body)`` for a bodyless request this handler would answer with

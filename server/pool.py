@@ -129,6 +129,7 @@ class ConnectionPool:
         self._call = direct_call(handler)  # what the connections call: one for all of them
         from_memory = getattr(handler, "answer_from_memory", None)  # (MemoryAnswering)
         self._from_memory = from_memory if callable(from_memory) else None
+        self._memory_paths = tuple(getattr(handler, "memory_paths", ("",)))
         self.config = config
         self.scheme = scheme
         self.server = server_line(config.server_header)
@@ -174,7 +175,12 @@ class ConnectionPool:
             self.reused += 1
         else:
             conn = HttpConnection(
-                self._call, self.config, self, scheme=self.scheme, from_memory=self._from_memory
+                self._call,
+                self.config,
+                self,
+                scheme=self.scheme,
+                from_memory=self._from_memory,
+                memory_paths=self._memory_paths,
             )
             self.created += 1
         self.active.add(conn)

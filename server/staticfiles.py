@@ -80,6 +80,8 @@ class StaticFiles:
             raise ValueError(f"static directory does not exist: {directory}")
         self.root = root  # real path: containment is checked against it
         self.prefix = "/" + prefix.strip("/")  # URL prefix for __call__ ("/" for the root)
+        # what answer_from_memory answers below (server.exchange.MemoryAnswering)
+        self.memory_paths = (("" if self.prefix == "/" else self.prefix) + "/",)
         self.autoindex = autoindex
         self.cache_control = cache_control.encode("latin-1") if cache_control else None
         self.dotfiles = dotfiles

@@ -878,15 +878,20 @@ async def test_client_reset_mid_response_cancels_handler(fd_count: Callable[[], 
 
 
 class MemoryEcho:
-    """A handler with answers from memory (``answer_from_memory``) for some paths; ``calls`` counts the
-    requests that reached ``__call__`` (the usual path)."""
+    """A handler with answers from memory (``answer_from_memory``) for some paths; ``calls``
+    counts the requests that reached ``__call__`` (the usual path), ``asked`` the ones that
+    were offered to ``answer_from_memory``."""
+
+    memory_paths = ("/r", "/204", "/te", "/raise")  # asked for these only
 
     def __init__(self) -> None:
         self.calls: list[bytes] = []
+        self.asked: list[bytes] = []
 
     def answer_from_memory(
         self, head: RequestHead
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        self.asked.append(head.raw_path)
         if head.raw_path == b"/raise":
             raise RuntimeError("answer_from_memory broke")
         if head.raw_path == b"/204":
@@ -948,3 +953,4 @@ async def test_answers_from_memory_of_the_handler(caplog: pytest.LogCaptureFixtu
         assert r.body == b"ready /r9" and b"keep-alive" not in r.headers.get(b"connection", b"")
         assert await c.closed()  # (and /r10, sent after it, is not answered)
     assert h.calls == [b"/raise", b"/te", b"/u", b"/r4", b"/r5"]
+    assert b"/u" not in h.asked and b"/raise" in h.asked  # (memory_paths)
