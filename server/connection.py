@@ -279,12 +279,9 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             # a new request: none is read while the client is not reading the answers (as
             # nginx), so a pipelining client that never reads gets ~max_pipelined buffered
             return self._write_paused
-        if parsing is not None:
-            if self._queue and parsing is not self._queue[0] and self._parser.in_body:
-                return True  # a pipelined body waits until its handler runs
-            if parsing._buffered >= _BODY_HIGH:
-                return True
-        return False
+        if self._queue and parsing is not self._queue[0] and self._parser.in_body:
+            return True  # a pipelined body waits until its handler runs
+        return parsing._buffered >= _BODY_HIGH
 
     def _feed(self, data: bytes) -> None:
         parser = self._parser
