@@ -114,10 +114,10 @@ class StaticFiles:
         """The answer from memory for ``head`` (see :class:`server.exchange.MemoryAnswering`),
         for ``head.path`` below ``prefix`` as :meth:`__call__` would serve it."""
         path = head.path
-        base = "" if self.prefix == "/" else self.prefix
-        if not path.startswith(base + "/"):
+        below = self.memory_paths[0]
+        if not path.startswith(below):
             return None
-        return self.memory_answer(head, path[len(base) + 1 :])
+        return self.memory_answer(head, path[len(below) :])
 
     def memory_answer(self, head: RequestHead, rel: str) -> MemoryAnswer | None:
         """What :meth:`serve` would answer for ``rel``, when that is a whole file held in
