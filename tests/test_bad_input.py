@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 from collections.abc import Callable
 
 import pytest
-from test_connection import Raw, echo, fd_baseline, get, read_response, running
+from test_connection import (
+    Raw,
+    echo,
+    fd_baseline,
+    get,
+    read_response,
+    running,
+    unread_pipeline,
+)
 
 from server.config import Config
 from server.connection import HttpExchange
@@ -152,26 +159,15 @@ async def test_pipelining_client_that_does_not_read_gets_no_more_work_done() -> 
         calls.append(ex.head.raw_path)
         ex.respond(200, [], ex.head.raw_path.ljust(size, b"."))  # a fresh body each time
 
-    loop = asyncio.get_running_loop()
     cfg = {"max_requests_per_connection": 10 * n, "keepalive_timeout": 0.2}
     async with running(generated, **cfg) as port:  # type: ignore[arg-type]
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-            await loop.sock_sendall(sock, b"".join(get(f"/{i}") for i in range(n)))
-            await asyncio.sleep(0.5)
+        requests = b"".join(get(f"/{i}") for i in range(n))
+        async with unread_pipeline(port, requests, lambda: len(calls)) as (backed_up, reader):
             # (the kernel's socket buffers hold a few responses beyond the transport's)
-            backed_up = len(calls)
             assert backed_up <= Config().max_pipelined + 32, backed_up
-            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 24)
             bodies = [(await asyncio.wait_for(read_response(reader), 10)).body for _ in range(n)]
-            writer.close()
-            assert [b.rstrip(b".") for b in bodies] == [f"/{i}".encode() for i in range(n)]
-            assert len(calls) == n
-        finally:
-            sock.close()
+        assert [b.rstrip(b".") for b in bodies] == [f"/{i}".encode() for i in range(n)]
+        assert len(calls) == n
 
 
 @pytest.mark.parametrize("bad", [b"a\r\nSet-Cookie: injected=1", b"a\nb", b"a\x00b"])

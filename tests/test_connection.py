@@ -127,6 +127,31 @@ class Raw:
         self.writer.transport.abort()
 
 
+@contextlib.asynccontextmanager
+async def unread_pipeline(
+    port: int, data: bytes, made: Callable[[], int]
+) -> AsyncIterator[tuple[int, asyncio.StreamReader]]:
+    """A client that pipelines ``data`` with a 4 KiB receive buffer and reads nothing for
+    0.5 s: yields ``made()`` at that moment (the work the server did meanwhile) and a reader
+    for the answers."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(sock, data)
+        await asyncio.sleep(0.5)
+        done = made()
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 24)
+        try:
+            yield done, reader
+        finally:
+            writer.close()
+    finally:
+        sock.close()
+
+
 async def fd_baseline(fd_count: Callable[[], int]) -> int:
     """fd count after one full server/client cycle (loops open some fds lazily, e.g. uvloop's
     resolver thread pool), so that before/after comparisons see only leaks."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_connection import Raw, read_response
+from test_connection import Raw, read_response, unread_pipeline
 
 from server import App, FileResponse, Request, Response
 from server.config import Config
@@ -763,28 +763,20 @@ async def test_answers_from_memory_stop_for_a_client_that_does_not_read(tmp_path
     data = os.urandom(size)
     (tmp_path / "f.bin").write_bytes(data)
     handler = StaticFiles(tmp_path, memory_max=size)
-    loop = asyncio.get_running_loop()
     async with live_server(handler, interface="native", max_requests_per_connection=1000) as url:
         port = int(url.rsplit(":", 1)[1])
         async with httpx.AsyncClient(base_url=url) as c:
             assert (await c.get("/f.bin")).content == data  # hot: answered from memory now
         before = handler.cache.hits
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, ("127.0.0.1", port))
-            await loop.sock_sendall(sock, b"GET /f.bin HTTP/1.1\r\nHost: t\r\n\r\n" * n)
-            await asyncio.sleep(0.5)
-            made = handler.cache.hits - before
+        requests = b"GET /f.bin HTTP/1.1\r\nHost: t\r\n\r\n" * n
+        async with unread_pipeline(port, requests, lambda: handler.cache.hits - before) as (
+            made,
+            reader,
+        ):
             assert made <= Config().max_pipelined + 32, made
-            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 24)
             for _ in range(n):
                 r = await asyncio.wait_for(read_response(reader), 10)
                 assert r.status == 200 and r.body == data
-            writer.close()
-        finally:
-            sock.close()
     handler.close()
 
 
