@@ -323,6 +323,9 @@ class App:
             await self._error(exchange, request, exc)
 
     def _unrouted(self, request: Request, allow: list[str]) -> Response:
+        if request.head.raw_path == b"*":  # asterisk-form: the parser lets only OPTIONS through
+            # "OPTIONS *": about the server, not a resource (RFC 9110 9.3.7): 200, what it answers
+            return Response(b"", 200, [(b"allow", ", ".join(self.router.methods()).encode())])
         if allow:
             return Response(
                 "Method Not Allowed",

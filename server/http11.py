@@ -545,6 +545,9 @@ class RequestParser:
                 else:
                     raw_path = raw_path[:f]
         elif url == b"*" or method == "CONNECT":  # CONNECT: refused (405) by the caller
+            if method != "OPTIONS" and method != "CONNECT":
+                # asterisk-form is for a server-wide OPTIONS only (RFC 9112 3.2.4)
+                self._raise(400, f"request target '*' is only valid for OPTIONS, not {method}")
             raw_path, query = url, b""
         else:
             try:

@@ -203,6 +203,15 @@ class Router:
             allow.update(route.methods)
         return None, {}, sorted(allow)
 
+    def methods(self) -> list[str]:
+        """Every method some route answers (the ``Allow`` of a server-wide ``OPTIONS *``)."""
+        found: set[str] = set()
+        for table in self.static.values():
+            found.update(table)
+        for route in self.dynamic:
+            found.update(route.methods)
+        return sorted(found)
+
     def redirect_slash(self, path: str) -> str | None:
         """The other trailing-slash spelling of ``path`` if that one is routed, else None."""
         if path == "/":

@@ -3,6 +3,7 @@ middleware, hooks and error handlers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import uuid
@@ -569,6 +570,34 @@ async def test_e2e_native_app(tmp_path: Path, fd_count) -> None:  # type: ignore
         r = await client.get("/slash", follow_redirects=True)
         assert r.text == "slash"
     assert fd_count() <= before
+
+
+async def test_e2e_server_wide_options_and_asterisk_form() -> None:
+    """``OPTIONS *`` (RFC 9110 9.3.7) is about the server: 200, no body, ``Allow`` naming
+    what the routes answer; the asterisk-form with any other method is a 400 that says why."""
+    pytest.importorskip("server.serve")
+    import http.client
+
+    from server.testing import live_server
+
+    async with live_server(make_app()) as url:
+        host, port = url.removeprefix("http://").split(":")
+
+        def ask(method: str) -> tuple[int, dict[str, str], bytes]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            try:
+                conn.request(method, "*")
+                r = conn.getresponse()
+                return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+            finally:
+                conn.close()
+
+        status, headers, body = await asyncio.to_thread(ask, "OPTIONS")
+        assert (status, body, headers["content-length"]) == (200, b"", "0")
+        assert headers["allow"] == "DELETE, GET, HEAD, PATCH, POST, PUT"
+        status, headers, body = await asyncio.to_thread(ask, "GET")
+        assert status == 400 and b"only valid for OPTIONS" in body
+        assert headers["connection"] == "close"
 
 
 async def test_e2e_errors_and_disconnect(caplog: pytest.LogCaptureFixture) -> None:

@@ -141,6 +141,14 @@ def test_absolute_form_target() -> None:
     assert head.path == "/p/q" and head.query_string == b"z=2"
 
 
+def test_asterisk_form_target_is_for_options_only() -> None:
+    [head, _] = parse(b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(head, RequestHead)
+    assert (head.method, head.path, head.raw_path, head.query_string) == ("OPTIONS", "*", b"*", b"")
+    err = error_of(b"DELETE * HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert err.status == 400 and "only valid for OPTIONS" in err.message
+
+
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
@@ -168,6 +176,7 @@ def test_absolute_form_target() -> None:
         (b"\x00\x01garbage\r\n\r\n", 400),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 405),
+        (b"GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # asterisk-form: OPTIONS only
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n", 413),
     ],
 )
