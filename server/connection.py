@@ -95,7 +95,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since "
-        "_from_memory _last_activity _lingering _loop _memory_paths _parser _parsing _pending "
+        "_from_memory _idle_arm _last_activity _lingering _loop _memory_paths _parser _parsing "
+        "_pending "
         "_queue _requests _server_line "
         "_shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
@@ -119,6 +120,9 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         self._from_memory = from_memory
         self._memory_paths = memory_paths
         self.config = config
+        # when a connection that just went idle wakes next, after its first request and after
+        # more (_IDLE_AFTER, capped at the keep-alive deadline): read per request, made once
+        self._idle_arm = tuple(min(idle, config.keepalive_timeout) for idle in _IDLE_AFTER)
         self.pool = pool
         self.scheme = scheme
         self._server_line = server_line(config.server_header)
@@ -430,8 +434,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         """Nothing left to answer: arm the idle deadlines; close if the client half-closed."""
         self._last_activity = t = self._loop.time()
         # wake when the worker task and the parser may go, or at the keep-alive deadline
-        idle_for = _IDLE_AFTER[self._requests > 1]
-        self._arm(t + min(idle_for, self.config.keepalive_timeout))
+        self._arm(t + self._idle_arm[self._requests > 1])
         if self._eof:
             self._close()
 
@@ -450,8 +453,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         if not self._queue:  # (with more queued, the last of them does this when retired)
             # _went_idle, inlined: the call alone is ~1.4 % of a keep-alive request
             self._last_activity = t = self._loop.time()
-            idle_for = _IDLE_AFTER[self._requests > 1]
-            self._arm(t + min(idle_for, self.config.keepalive_timeout))
+            self._arm(t + self._idle_arm[self._requests > 1])
             if self._eof:
                 self._close()
                 return

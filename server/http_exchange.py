@@ -91,20 +91,23 @@ class HttpExchange:
         self._continue_sent = False
         self._started = False
         self._ended = False
-        self._chunked = False
-        self._head_only = head.method == "HEAD"
         self._keep_alive = head.keep_alive
         self._pending_head: bytes | None = None  # head of a started response, not yet written
-        self._declared: int | None = None  # Content-Length announced by start()
-        self._sent = 0  # body bytes sent
         self._drained = -1  # >= 0 once retired with its body unread: bytes discarded
+        # Set by start(), read only after it (not made per request): _head_only (a HEAD: no
+        # body sent), _chunked (writes are chunk-framed), _declared (the Content-Length
+        # announced) and _sent (body bytes sent; respond() sets it too).
+        self._head_only: bool
+        self._sent: int
+        self._chunked: bool
+        self._declared: int | None
 
     def __repr__(self) -> str:
         h = self.head
         state = "ended" if self._ended else "started" if self._started else "pending"
         return (
             f"<HttpExchange {h.method} {h.raw_path!r} {state} body_buffered={self._buffered} "
-            f"body_complete={self._done_body} sent={self._sent}>"
+            f"body_complete={self._done_body} sent={getattr(self, '_sent', 0)}>"
         )
 
     # --- the Exchange contract ---
@@ -171,32 +174,36 @@ class HttpExchange:
         keep = self._keep_alive
         if keep and (conn._closing or not self._done_body):
             keep = self._response_keep_alive()
-        head, chunked, keep = response_head(
+        head = self.head
+        head_only = head.method == "HEAD"
+        n = len(body)
+        out, chunked, keep = response_head(
             status,
             headers,
-            len(body),
+            n,
             keep,
-            self.head.http_version == "1.0",
+            head.http_version == "1.0",
             conn._server_line,
-            self._head_only,
+            head_only,
         )
         self._started = self._ended = True
         self._keep_alive = keep
-        if conn._gen != self._gen or conn._transport is None:  # disconnected
-            return
         transport = conn._transport
-        assert transport is not None
-        if self._head_only or not (body or chunked) or status in (204, 304):
-            transport.write(head)
+        if transport is None or conn._gen != self._gen:  # disconnected
+            self._sent = 0
+            return
+        if head_only or not (body or chunked) or status in (204, 304):
+            self._sent = 0
+            transport.write(out)
         elif chunked:  # the handler's Transfer-Encoding: chunked (rare): the body as one chunk
-            self._sent = len(body)
-            transport.writelines([head, *chunk_frame(body), LAST_CHUNK])
+            self._sent = n
+            transport.writelines([out, *chunk_frame(body), LAST_CHUNK])
         else:
-            n = self._sent = len(body)
+            self._sent = n
             if n <= _JOIN_MAX and type(body) is bytes:
-                transport.write(head + body)  # copying a small body beats a 2-vector sendmsg
+                transport.write(out + body)  # copying a small body beats a 2-vector sendmsg
             else:
-                transport.writelines([head, body])
+                transport.writelines([out, body])
 
     def start(
         self, status: int, headers: ResponseHeaders, content_length: int | None = None
@@ -205,6 +212,8 @@ class HttpExchange:
             raise ResponseStarted("response already started")
         if content_length is None:  # the handler's own Content-Length counts like one passed
             content_length = declared_length(headers)
+        self._head_only = self.head.method == "HEAD"
+        self._sent = 0
         head, chunked, keep = response_head(
             status,
             headers,
