@@ -413,7 +413,7 @@ class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
                 self._fatal_error(exc, "Fatal write error on socket transport")
                 return
             loop._st_writes += 1  # type: ignore[union-attr]
-            loop._st_iovecs += len(offered)  # type: ignore[union-attr]
+            loop._st_extra_iovecs += len(offered) - 1  # type: ignore[union-attr]
             loop._st_bytes_out += n  # type: ignore[union-attr]
             if n == self._bufsize:
                 buf.clear()
@@ -459,8 +459,7 @@ class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
                 self._fatal_error(exc, "Fatal write error on socket transport")
                 return
             loop = self._loop
-            loop._st_writes += 1  # type: ignore[union-attr]
-            loop._st_iovecs += 1  # type: ignore[union-attr]
+            loop._st_writes += 1  # type: ignore[union-attr]  # (and one iovec: see stats())
             loop._st_bytes_out += n  # type: ignore[union-attr]
             if n == self._bufsize:
                 self._buffer = buf = _NO_BUFFER
