@@ -73,7 +73,12 @@ class _Sink(asyncio.Transport):
 
 
 def drive(
-    kind: str, pipe: int, requests: int, path: str = "/plaintext", check: bool = True
+    kind: str,
+    pipe: int,
+    requests: int,
+    path: str = "/plaintext",
+    check: bool = True,
+    mounted: bool = False,
 ) -> tuple[int, float]:
     """Feed ``requests`` requests (after a warm-up) to one connection; return the number of
     ``200`` responses written for them (``check``; else the number of writes, each response
@@ -90,7 +95,7 @@ def drive(
     async def run() -> tuple[int, float]:
         cfg = Config(max_requests_per_connection=10**9)
         handler: Any = app if kind == "native" else ASGIHandler(asgi_app, cfg, lifespan="off")
-        if path.startswith("/static/"):  # the bench's files, mounted as --static does
+        if mounted or path.startswith("/static/"):  # the bench's files, as --static mounts them
             from loadtest.mixed_app import ensure_static_dir
             from server.cli import StaticMounts
 
@@ -125,7 +130,7 @@ def drive(
     return netpoll.run(run())
 
 
-def count(kind: str, pipe: int, path: str, small: int, large: int) -> float:
+def count(kind: str, pipe: int, path: str, small: int, large: int, mounted: bool = False) -> float:
     """Callgrind instructions per request: (count at ``large`` - at ``small``) / difference."""
     totals = []
     for n in (small, large):
@@ -145,6 +150,7 @@ def count(kind: str, pipe: int, path: str, small: int, large: int) -> float:
             path,
             "--requests",
             str(n),
+            *(["--mounted"] if mounted else []),
         ]
         env = dict(os.environ, PYTHONHASHSEED="0")
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
@@ -164,6 +170,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="/plaintext, /json, /static/10k.bin or /static/1m.bin",
     )
     p.add_argument("--requests", type=int, default=1600, help="requests counted (the difference)")
+    p.add_argument(
+        "--mounted",
+        action="store_true",
+        help="with the bench's --static mount in front, as the bench runs ours",
+    )
     p.add_argument("--no-valgrind", action="store_true", help="time the driver instead")
     p.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)  # the measured child
 
@@ -173,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     if args.drive or args.no_valgrind or shutil.which("valgrind") is None:
         n = args.requests if args.drive else max(args.requests, 20_000)
         n -= n % pipe
-        ok, seconds = drive(args.kind, pipe, n, args.path, check=not args.drive)
+        ok, seconds = drive(args.kind, pipe, n, args.path, not args.drive, args.mounted)
         if ok != n:
             print(f"instrcount: {ok} responses for {n} requests", file=sys.stderr)
             return 1
@@ -184,8 +195,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     small = 320 - 320 % pipe
     large = small + args.requests - args.requests % pipe
-    per = count(args.kind, pipe, args.path, small, large)
-    print(f"{args.kind} {args.path} pipe={pipe}: {per:,.0f} instructions/request (callgrind)")
+    per = count(args.kind, pipe, args.path, small, large, args.mounted)
+    where = " (mounted)" if args.mounted else ""
+    print(
+        f"{args.kind} {args.path}{where} pipe={pipe}: {per:,.0f} instructions/request (callgrind)"
+    )
     return 0
 
 
