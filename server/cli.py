@@ -32,11 +32,17 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import fields
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from server.asgi import LifespanFailure
 from server.config import Config
 from server.exchange import MemoryAnswer, RequestHead
+from server.pool import direct_call
+from server.routing import PathMemo
+from server.worker import only_makes_a_coroutine
+
+if TYPE_CHECKING:
+    from server.staticfiles import StaticFiles
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -355,6 +361,7 @@ class StaticMounts:
         from server.staticfiles import StaticFiles
 
         self.inner = inner
+        self._inner = None if inner is None else direct_call(inner)  # (as the pool calls it)
         cache_control = config.extra.get("cache_control")
         # (prefix without trailing /, the same with it, files), longest prefix first
         self.mounts: list[tuple[str, str, StaticFiles]] = []
@@ -371,29 +378,44 @@ class StaticMounts:
         self.mounts.sort(key=lambda m: len(m[0]), reverse=True)
         self.prefixes = [p for p, _, _ in self.mounts]
         self.memory_paths = tuple(below for _, below, _ in self.mounts)  # (MemoryAnswering)
+        # path -> (mount, the rest of the path, below the mount's "prefix/"), or False: the
+        # inner app's; remembered per path
+        self._where = PathMemo(self._locate)
+        # It runs no code of the app's before handing back a coroutine when the inner handler
+        # does not either: the connection may call it outside the request's context (see
+        # server.worker.only_makes_a_coroutine).
+        self.only_makes_a_coroutine = inner is None or only_makes_a_coroutine(self._inner)
+
+    def _locate(self, path: str) -> tuple[StaticFiles, str, bool] | bool:
+        for prefix, below, files in self.mounts:  # longest first
+            if path.startswith(below):
+                return (files, path[len(below) :], True)
+            if path == prefix:
+                return (files, "", False)
+        return False
 
     def __call__(self, exchange: Any) -> Coroutine[Any, Any, None]:
         # Not a coroutine function: it hands back the coroutine that serves the request (a
         # mount's or the inner app's), one coroutine per request instead of two.
         path = exchange.head.path
-        for prefix, below, files in self.mounts:  # one startswith per mount
-            if path.startswith(below):
-                return files.serve(exchange, path[len(below) :])
-            if path == prefix:
-                return files.serve(exchange, "")
+        where = self._where.memo.get(path)
+        if where is None:
+            where = self._where.find(path)
+        if where:
+            return where[0].serve(exchange, where[1])  # type: ignore[no-any-return]
         if self.inner is None:
             return self._not_found(exchange)
-        return self.inner(exchange)  # type: ignore[no-any-return]
+        return self._inner(exchange)  # type: ignore[no-any-return,misc]
 
     def answer_from_memory(self, head: RequestHead) -> MemoryAnswer | None:
         """A mount's answer from memory (:meth:`StaticFiles.memory_answer`); None for the rest."""
         path = head.path
-        for prefix, below, files in self.mounts:
-            if path.startswith(below):
-                return files.memory_answer(head, path[len(below) :])
-            if path == prefix:
-                return None
-        return None
+        where = self._where.memo.get(path)
+        if where is None:
+            where = self._where.find(path)
+        if not where or not where[2]:
+            return None
+        return where[0].memory_answer(head, where[1])  # type: ignore[no-any-return]
 
     @staticmethod
     async def _not_found(exchange: Any) -> None:

@@ -69,6 +69,7 @@ from .http11 import (
     server_line,
 )
 from .http_exchange import _BODY_HIGH, _JOIN_MAX, HttpExchange, _BodyProtocolError, _Disconnected
+from .routing import PathMemo
 from .worker import HandlerRunner, _ErrorSlot, only_makes_a_coroutine
 
 if TYPE_CHECKING:
@@ -88,6 +89,12 @@ _WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task
 _IDLE_AFTER = (0.0, _WORKER_IDLE)
 
 
+def memory_path_memo(prefixes: tuple[str, ...]) -> PathMemo:
+    """Whether a handler's ``answer_from_memory`` may be asked for a path: below one of its
+    ``memory_paths`` (remembered per path; one for all the connections of a pool)."""
+    return PathMemo(lambda path: path.startswith(prefixes))
+
+
 class HttpConnection(HandlerRunner, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -95,8 +102,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
         "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since "
-        "_from_memory _idle_arm _last_activity _lingering _loop _memory_paths _parser _parsing "
-        "_pending "
+        "_from_memory _idle_arm _last_activity _lingering _loop _memory_find _memory_known "
+        "_parser _parsing _pending "
         "_queue _requests _server_line "
         "_shutdown _stopped "
         "_timed_out _transport _wake _wheel _worker _write_paused _write_paused_at config "
@@ -111,14 +118,18 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         *,
         scheme: str = "http",
         from_memory: Callable[[RequestHead], MemoryAnswer | None] | None = None,
-        memory_paths: tuple[str, ...] = ("",),
+        memory_paths: PathMemo | None = None,
     ) -> None:
         self.handler = handler
         self._handler_is_async = only_makes_a_coroutine(handler)
-        # the handler's answer_from_memory (see server.exchange), or None, and the path
-        # prefixes it is asked for
+        # the handler's answer_from_memory (see server.exchange), or None, and whether it may
+        # be asked for a path: a PathMemo of path.startswith(its memory_paths), shared by the
+        # pool's connections (default: every path)
         self._from_memory = from_memory
-        self._memory_paths = memory_paths
+        if memory_paths is None:
+            memory_paths = memory_path_memo(("",))
+        self._memory_known = memory_paths.memo  # path -> bool, for paths seen before
+        self._memory_find = memory_paths.find
         self.config = config
         # when a connection that just went idle wakes next, after its first request and after
         # more (_IDLE_AFTER, capped at the keep-alive deadline): read per request, made once
@@ -346,7 +357,10 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                     ev.keep_alive = False
                 if (
                     self._from_memory is not None
-                    and ev.path.startswith(self._memory_paths)  # (first: it rules most out)
+                    and (
+                        self._memory_known.get(ev.path)  # (first: it rules most out)
+                        or (ev.path not in self._memory_known and self._memory_find(ev.path))
+                    )
                     and not queue
                     and events[-1] is END  # no body: the parser emits END with such a head
                     and not self._busy

@@ -34,7 +34,7 @@ import types
 from collections import deque
 
 from .config import Config
-from .connection import HttpConnection
+from .connection import HttpConnection, memory_path_memo
 from .deadlines import DeadlineWheel
 from .exchange import AppHandler
 from .http11 import error_response, server_line
@@ -129,7 +129,7 @@ class ConnectionPool:
         self._call = direct_call(handler)  # what the connections call: one for all of them
         from_memory = getattr(handler, "answer_from_memory", None)  # (MemoryAnswering)
         self._from_memory = from_memory if callable(from_memory) else None
-        self._memory_paths = tuple(getattr(handler, "memory_paths", ("",)))
+        self._memory_paths = memory_path_memo(tuple(getattr(handler, "memory_paths", ("",))))
         self.config = config
         self.scheme = scheme
         self.server = server_line(config.server_header)

@@ -139,6 +139,38 @@ def compile_pattern(pattern: str) -> tuple[re.Pattern[str], dict[str, Callable[[
     return re.compile("".join(parts) + r"\Z"), convert
 
 
+class PathMemo:
+    """``locate(path)`` remembered per request path.
+
+    ``memo.get(path)`` is the answer for a path seen before (a dict hit: a keep-alive client
+    repeats its paths, and the parser hands out one ``str`` per distinct target, its hash kept);
+    None for a path not seen yet (``locate`` must never answer None), for which :meth:`find`
+    calls ``locate`` and remembers the answer. It stands in for prefix tests: before Python
+    3.13 ``str.startswith`` parses its arguments on every call, and the dict hit is several
+    times cheaper. ``memo`` is cleared when it holds ``limit`` paths (clients choose paths:
+    memory stays bounded).
+    """
+
+    __slots__ = ("limit", "locate", "memo")
+
+    def __init__(self, locate: Callable[[str], Any], limit: int = 4096) -> None:
+        self.locate = locate
+        self.memo: dict[str, Any] = {}
+        self.limit = limit
+
+    def find(self, path: str) -> Any:
+        """``locate(path)``, remembered."""
+        found = self.locate(path)
+        memo = self.memo
+        if len(memo) >= self.limit:
+            memo.clear()
+        memo[path] = found
+        return found
+
+    def __repr__(self) -> str:
+        return f"<PathMemo {self.locate!r} remembered={len(self.memo)}>"
+
+
 def is_static(pattern: str) -> bool:
     return "{" not in pattern
 

@@ -65,9 +65,18 @@ _CO_COROUTINE = inspect.CO_COROUTINE
 
 
 def only_makes_a_coroutine(handler: Any) -> bool:
-    """Whether calling ``handler`` runs none of its code (an ``async def`` function or bound
-    method: the call only makes the coroutine). Any other callable is called inside the
+    """Whether calling ``handler`` runs none of its code: an ``async def`` function or bound
+    method (an ``App``'s ``__call__``, as the pool calls it) only makes the coroutine. A handler
+    object may also say so itself with a boolean attribute ``only_makes_a_coroutine`` (a
+    wrapper of ours that only picks the coroutine to hand back, e.g. the ``--static`` mounts;
+    also read through its bound ``__call__``). Any other callable is called inside the
     request's context, since its own code may set context variables for what it returns."""
+    owner = handler
+    if isinstance(handler, types.MethodType) and handler.__func__.__name__ == "__call__":
+        owner = handler.__self__
+    marked = getattr(owner, "only_makes_a_coroutine", None)
+    if type(marked) is bool:
+        return marked
     func = getattr(handler, "__func__", handler)
     return isinstance(func, types.FunctionType) and bool(func.__code__.co_flags & _CO_COROUTINE)
 

@@ -573,6 +573,54 @@ async def test_plain_callable_handler_runs_in_the_request_context() -> None:
     assert _request_var.get() == "server"
 
 
+async def test_static_mounts_keep_each_request_in_its_own_context(tmp_path: Any) -> None:
+    """Behind ``--static`` mounts (which hand back the inner handler's coroutine, outside the
+    request's context when that handler is an ``async def``), a handler's context variables
+    are still its request's own; a plain-callable inner handler still runs its synchronous
+    part in the request's context. Mount and app answers interleave correctly on one
+    keep-alive connection, also when the mounts' per-path memo is cleared in between."""
+    from server.cli import StaticMounts
+    from server.worker import only_makes_a_coroutine
+
+    (tmp_path / "f.txt").write_bytes(b"file")
+    cfg = TEST_CONFIG.with_(static=(("/files", str(tmp_path)),))
+    _request_var.set("server")
+
+    async def handler(ex: Exchange) -> None:
+        before = _request_var.get()
+        _request_var.set(ex.head.path)
+        if ex.head.path.startswith("/wait"):
+            await asyncio.sleep(0.01)
+        ex.respond(200, [], f"{before} {_request_var.get()}".encode())
+
+    class Wrapper:  # a sync callable: what it sets is seen by its coroutine, not the next request
+        def __call__(self, ex: Exchange) -> Awaitable[None]:
+            before = _request_var.get()
+            _request_var.set(ex.head.path)
+            return self.inner(ex, before)
+
+        async def inner(self, ex: Exchange, before: str) -> None:
+            ex.respond(200, [], f"{before} {_request_var.get()}".encode())
+
+    for inner, marked in ((handler, True), (Wrapper(), False)):
+        mounts = StaticMounts(inner, cfg)
+        assert only_makes_a_coroutine(mounts.__call__) is marked
+        mounts._where.limit = 3  # cleared every 3 paths: answers must not depend on it
+        async with running(mounts, cfg) as port:
+            c = await Raw.open(port)
+            for i, path in enumerate(("/a", "/files/f.txt", "/wait1", "/b", "/files/f.txt") * 3):
+                await c.send(get(path if i % 5 != 3 else f"/b{i}"))
+                r = await c.response()
+                if path.startswith("/files/"):
+                    assert (r.status, r.body) == (200, b"file")
+                else:
+                    want = path if i % 5 != 3 else f"/b{i}"
+                    assert (r.status, r.body) == (200, f"server {want}".encode()), (path, r)
+            await c.close()
+        assert len(mounts._where.memo) <= 3
+    assert _request_var.get() == "server"
+
+
 async def test_request_context_survives_reading_the_body() -> None:
     """A handler that resumes reading (a body bigger than the buffered high-water mark) must
     not make later requests start from its context (stock asyncio's resume_reading makes a new
