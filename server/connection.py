@@ -51,6 +51,7 @@ by a finished handler harmless.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from contextvars import Context, copy_context
@@ -87,6 +88,13 @@ _WORKER_IDLE = 1.0  # seconds idle after which a connection lets its worker task
 # arrive at once), _WORKER_IDLE once it has served more (a busy keep-alive connection keeps them;
 # re-making them costs at most once per connection). A table, not a function: read per request.
 _IDLE_AFTER = (0.0, _WORKER_IDLE)
+
+
+@functools.cache
+def _idle_arms(keepalive_timeout: float) -> tuple[float, ...]:
+    """``_IDLE_AFTER`` capped at the keep-alive deadline: one tuple shared by the connections
+    (an idle connection's size counts)."""
+    return tuple(min(idle, keepalive_timeout) for idle in _IDLE_AFTER)
 
 
 def memory_path_memo(prefixes: tuple[str, ...]) -> PathMemo:
@@ -133,7 +141,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         self.config = config
         # when a connection that just went idle wakes next, after its first request and after
         # more (_IDLE_AFTER, capped at the keep-alive deadline): read per request, made once
-        self._idle_arm = tuple(min(idle, config.keepalive_timeout) for idle in _IDLE_AFTER)
+        self._idle_arm = _idle_arms(config.keepalive_timeout)
         self.pool = pool
         self.scheme = scheme
         self._server_line = server_line(config.server_header)
