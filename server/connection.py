@@ -329,7 +329,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 self._on_events(events)
         else:
             self._pending = b""
-        if parser.in_head and not self._head_started:
+        if parser.begun and not self._head_started and parser.in_head:  # (cheapest first)
             self._head_started = t = self._loop.time()
             self._arm(t + self.config.header_timeout)
         if not self._busy and self._queue:

@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 _TERM = b"\r\n\r\n"
+_WHOLE_MAX = 1024  # reads up to this size are first looked up whole in the head cache
 _CRLF_START = (b"\r", b"\n")
 
 
@@ -180,7 +181,7 @@ class RequestParser:
     """Incremental request parser; see the module docstring for the feeding contract."""
 
     __slots__ = (
-        "_begun _block _body_len _cand _cl _error _framing _head_bytes _max_body "
+        "begun _block _body_len _cand _cl _error _framing _head_bytes _max_body "
         "_max_hcount _max_hsize _max_line _p _partial _reusable _state _tail client "
         "config events messages scheme server"
     ).split()
@@ -208,7 +209,7 @@ class RequestParser:
         self._state = _HEAD
         self._tail = b""  # last <=3 bytes fed in head/chunked state (a split CRLFCRLF)
         self._error: ProtocolError | None = None
-        self._begun = False  # a message has started (bytes of a head seen)
+        self.begun = False  # a message has started (bytes of a head seen): see in_head
         self._reusable = True  # llhttp refuses data after a non-keep-alive message
         self._reset_message()
 
@@ -225,7 +226,7 @@ class RequestParser:
     ) -> None:
         """Make ready for a new connection (keeps the llhttp parser when it is clean, else
         drops it: :meth:`feed` makes a fresh one when bytes arrive)."""
-        if self._state != _HEAD or self._begun or self._error is not None or not self._reusable:
+        if self._state != _HEAD or self.begun or self._error is not None or not self._reusable:
             self._p = None
             self._reusable = True
         self.client = client
@@ -236,14 +237,14 @@ class RequestParser:
         self._state = _HEAD
         self._tail = b""
         self._error = None
-        self._begun = False
+        self.begun = False
         self._reset_message()
 
     def shrink(self) -> bool:
         """Let the llhttp parser (~720 B) go while idle between messages; :meth:`feed` makes a
         new one with the next bytes. Only a clean parser goes (nothing of a message seen, no
         error, still accepting data), so parsing is unchanged. Returns whether it went."""
-        if self._state != _HEAD or self._begun or self._error is not None or not self._reusable:
+        if self._state != _HEAD or self.begun or self._error is not None or not self._reusable:
             return False
         self._p = None
         return True
@@ -252,7 +253,7 @@ class RequestParser:
     @property
     def in_head(self) -> bool:
         """True while a request head has started but is not complete (header deadline runs)."""
-        return self._begun and self._state == _HEAD
+        return self.begun and self._state == _HEAD
 
     @property
     def in_body(self) -> bool:
@@ -294,12 +295,20 @@ class RequestParser:
             # Not after a last message (llhttp, in its closed state, would refuse it).
             events = self.events
             start = pos
+            # One whole head in one read (a keep-alive client): a single dict lookup, no find
+            # (whose argument parsing costs more than the lookup). A cached head's only
+            # CRLF CRLF is its end, so a hit is exactly one head.
+            hit = _head_cache.get(data) if pos == 0 and n <= _WHOLE_MAX else None
+            end = n
             while True:
-                end = data.find(_TERM, pos) + 4
-                if end < 4:
-                    break
-                hit = _head_cache.get(data if (pos == 0 and end == n) else data[pos:end])
-                if hit is None or not (hit.fits_config is self.config or hit.fits(self, end - pos)):
+                if hit is None:
+                    end = data.find(_TERM, pos) + 4
+                    if end < 4:
+                        break
+                    hit = _head_cache.get(data if (pos == 0 and end == n) else data[pos:end])
+                    if hit is None:
+                        break
+                if not (hit.fits_config is self.config or hit.fits(self, end - pos)):
                     break
                 # Built field by field, not through RequestHead(...): on 3.11 the class call
                 # (allocation, argument tuple, __init__ frame) cost ~1.2k instructions per
@@ -321,6 +330,7 @@ class RequestParser:
                     return end
                 pos = end
                 limit -= 1
+                hit = None
             if pos != start:
                 return pos
         if state == _BODY_CL:
@@ -348,7 +358,7 @@ class RequestParser:
             else:
                 self._tail = (tail + data[max(pos, end - k + 1) : end])[1 - k :]
             if state == _HEAD:
-                self._begun = True
+                self.begun = True
                 self._head_bytes += end - pos
                 chunk = data if (pos == 0 and end == n) else data[pos:end]
                 if found:
@@ -423,7 +433,7 @@ class RequestParser:
         self.events.pop()
         self.messages -= 1
         self._reusable = False
-        self._begun = True
+        self.begun = True
         framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % cl
         p = self._p = httptools.HttpRequestParser(self)
         self._cl = _FRAMING_ONLY  # on_headers_complete: a synthetic head, nothing to emit
@@ -456,7 +466,7 @@ class RequestParser:
         self._error = ProtocolError(status, message)
         raise self._error
 
-    # No on_message_begin: feed() sets _begun before it feeds a head (one callback fewer).
+    # No on_message_begin: feed() sets begun before it feeds a head (one callback fewer).
 
     def on_headers_complete(self) -> None:
         # llhttp validated the syntax of the whole head; we extract it from our own copy in a
@@ -609,6 +619,6 @@ class RequestParser:
         self.events.append(END)
         self.messages += 1
         self._state = _HEAD
-        self._begun = False
+        self.begun = False
         self._tail = b""
         self._reset_message()

@@ -453,6 +453,10 @@ def test_repeated_head_answered_from_the_head_cache_identically() -> None:
         assert h.headers == _heads(first)[0].headers and h.expect_continue and h.keep_alive
         assert h.client == ("10.0.0.1", 5) and h.scheme == "https"
     assert again[0].headers is not again[1].headers  # each request gets its own list
+    whole = RequestParser(CFG, client=("10.0.0.1", 5), scheme="https")
+    whole._p = None
+    assert whole.feed(head) == len(head)  # one whole head in one read: the whole read looked up
+    assert whole._p is None and whole.events == [again[0], END] and whole.messages == 1
     # field by field the same as the llhttp path builds it (the cached path sets the fields
     # itself: a field added to RequestHead and not set there fails here)
     http11._head_cache.pop(head, None)
