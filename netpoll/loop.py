@@ -68,7 +68,7 @@ _STAT_NAMES = (
     "reads",
     "bytes_in",
     "writes",
-    "iovecs",  # counted as _st_extra_iovecs (beyond one per write: no count per plain send)
+    "extra_iovecs",  # buffers beyond one per write (stats() reports iovecs = writes + these)
     "bytes_out",
     "sendfile",
     "splice",
@@ -96,7 +96,6 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         self._names: dict[Any, Any] = {}  # address -> the one shared equal object (bounded)
         for name in _STAT_NAMES:
             setattr(self, "_st_" + name, 0)
-        self._st_extra_iovecs = 0
         super().__init__(PollerSelector(self._poller))
 
     # asyncio's clock (``time.monotonic``), called directly rather than through a Python method:
@@ -123,7 +122,7 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         ``events_per_poll`` and ``iovecs_per_write``.
         """
         out: dict[str, Any] = {name: getattr(self, "_st_" + name) for name in _STAT_NAMES}
-        out["iovecs"] = self._st_writes + self._st_extra_iovecs  # type: ignore[attr-defined]
+        out["iovecs"] = out["writes"] + out.pop("extra_iovecs")
         out["poller"] = self._poller.name
         out["events_per_poll"] = out["events"] / out["polls"] if out["polls"] else 0.0
         out["iovecs_per_write"] = out["iovecs"] / out["writes"] if out["writes"] else 0.0

@@ -366,8 +366,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 if (
                     self._from_memory is not None
                     and (
-                        self._memory_known.get(ev.path)  # (first: it rules most out)
-                        or (ev.path not in self._memory_known and self._memory_find(ev.path))
+                        (known := self._memory_known.get(ev.path))  # (first: it rules most out)
+                        or (known is None and self._memory_find(ev.path))
                     )
                     and not queue
                     and events[-1] is END  # no body: the parser emits END with such a head

@@ -34,7 +34,8 @@ of ``--static`` answers a hot file this way, as nginx does from its ``open_file_
 ``None`` sends the request the usual way. It must return exactly what the handler would send,
 run no user code and not block. (A specific name, not ``ready``: a handler's own attribute must
 not be taken for it by accident.) Its ``memory_paths`` attribute names the path prefixes it may
-answer below, so that other requests cost the connection one ``startswith`` and no call.
+answer below, so that other requests cost the connection one lookup (remembered per path) and
+no call.
 """
 
 from __future__ import annotations
