@@ -121,10 +121,11 @@ class StaticFiles:
 
     def memory_answer(self, head: RequestHead, rel: str) -> MemoryAnswer | None:
         """What :meth:`serve` would answer for ``rel``, when that is a whole file held in
-        memory and known without a syscall: a GET without preconditions or Range of a file
-        served before (its plan is kept on its cache entry), checked within ``revalidate``
-        seconds and with no precompressed sibling when it was planned; else None."""
-        if head.method != "GET" or rel.endswith("/"):  # ("file.txt/" is a 404)
+        memory and known without a syscall: a GET or HEAD without preconditions or Range of a
+        file served before (its plan is kept on its cache entry), checked within ``revalidate``
+        seconds and with no precompressed sibling when it was planned; else None. (For a HEAD
+        the connection sends the head alone, Content-Length the body's, as serve() does.)"""
+        if (head.method != "GET" and head.method != "HEAD") or rel.endswith("/"):  # ("x/": 404)
             return None
         key = self._keys.get(rel)
         if not key:  # unseen, refused, or the mount's root
