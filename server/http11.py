@@ -409,8 +409,9 @@ class RequestParser:
             if self._state == _HEAD and self.events and self.events[-1] is END:
                 _remember(_head_cache, *self._cand)  # accepted whole, no body, kept alive
             self._cand = None
-        if state == _BODY_CHUNKED:
+        if state == _BODY_CHUNKED and self._state == _BODY_CHUNKED:
             # Framing bytes since the last CRLF: a size line with its extensions, or a trailer.
+            # (Not once the message ended in this piece, its last CRLF: the end reset _body_len.)
             self._framing += (end - pos) - (self._body_len - body_before)
             if self._framing > self.config.max_chunk_ext + 32:
                 self._fail(ProtocolError(400, "chunk extension or trailer line too long"))

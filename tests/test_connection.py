@@ -347,8 +347,35 @@ async def test_chunked_request_body_and_backpressure() -> None:
         c.writer.write(b"0\r\n\r\n")
         await c.writer.drain()
         r = await c.response()
-        assert r.body == str(128 * 65536).encode()
+        assert r.body == str(128 * 65536).encode() and b"connection" not in r.headers
+        await c.send(get())  # the connection goes on after a big chunked body
+        assert (await c.response()).body == b"0"
         await c.close()
+
+
+async def test_http_client_chunked_uploads_keep_the_connection() -> None:
+    """http.client's chunked uploads (``encode_chunked``) of any size, whether the handler reads
+    the body or not, and the next requests on the same connection: each gets its own answer
+    (a chunked body is never counted as chunk framing)."""
+    async with running(echo) as port:
+
+        def client() -> list[tuple[int, int]]:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            got = []
+            for size in (10, 4127, 8000, 70000):
+                body = b"c" * size
+                pieces = (body[i : i + 3000] for i in range(0, size, 3000))
+                c.request("POST", "/u", body=pieces, encode_chunked=True)
+                r = c.getresponse()
+                got.append((r.status, len(r.read())))
+                c.request("GET", "/after")
+                r = c.getresponse()
+                got.append((r.status, len(r.read())))
+            c.close()
+            return got
+
+        got = await asyncio.to_thread(client)
+        assert got == [x for size in (10, 4127, 8000, 70000) for x in ((200, 8 + size), (200, 11))]
 
 
 async def test_expect_100_continue() -> None:

@@ -204,6 +204,23 @@ def test_limits() -> None:
     assert error_of(ext).status == 400
 
 
+def test_chunked_body_size_is_not_counted_as_framing() -> None:
+    """Only a size line or trailer counts towards the chunk extension limit, never the body:
+    a chunked body of any size (here far above ``max_chunk_ext``) ends cleanly, and the
+    request after it is parsed, at every split."""
+    body = b"x" * 5000 + b"y" * 0x1100
+    data = (
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1388\r\n" + body[:5000] + b"\r\n1100;e=1\r\n" + body[5000:] + b"\r\n"
+        b"0\r\nT: v\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    for i in [*range(1, len(data), 97), *range(len(data) - 60, len(data))]:
+        events = parse(data, splits=[i])
+        assert not any(isinstance(e, ProtocolError) for e in events), (i, events[-1])
+        assert events[1] == body and events[2] is END, i
+        assert isinstance(events[3], RequestHead) and events[3].path == "/next", i
+
+
 def test_incomplete_head_is_bounded_without_terminator() -> None:
     p = RequestParser(CFG)
     data = b"GET / HTTP/1.1\r\nHost: h\r\nX: " + b"v" * 1000
