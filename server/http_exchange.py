@@ -70,7 +70,7 @@ class HttpExchange:
         "_drained",
         "_ended",
         "_gen",
-        "_head_only",
+        "_no_body",
         "_keep_alive",
         "_pending_head",
         "_sent",
@@ -94,10 +94,10 @@ class HttpExchange:
         self._keep_alive = head.keep_alive
         self._pending_head: bytes | None = None  # head of a started response, not yet written
         self._drained = -1  # >= 0 once retired with its body unread: bytes discarded
-        # Set by start(), read only after it (not made per request): _head_only (a HEAD: no
-        # body sent), _chunked (writes are chunk-framed), _declared (the Content-Length
+        # Set by start(), read only after it (not made per request): _no_body (a HEAD, a 204
+        # or a 304: body writes are counted, never sent), _chunked (writes are chunk-framed), _declared (the Content-Length
         # announced) and _sent (body bytes sent; respond() sets it too).
-        self._head_only: bool
+        self._no_body: bool
         self._sent: int
         self._chunked: bool
         self._declared: int | None
@@ -212,7 +212,10 @@ class HttpExchange:
             raise ResponseStarted("response already started")
         if content_length is None:  # the handler's own Content-Length counts like one passed
             content_length = declared_length(headers)
-        self._head_only = self.head.method == "HEAD"
+        head_only = self.head.method == "HEAD"
+        # (a 204 or 304 ends at its head, RFC 9112 6.3: bytes after it would be read as the
+        # next response, so a streamed body is dropped as respond() drops a whole one)
+        self._no_body = head_only or status in (204, 304)
         self._sent = 0
         head, chunked, keep = response_head(
             status,
@@ -221,11 +224,11 @@ class HttpExchange:
             keep_alive=self._response_keep_alive(),
             http10=self.head.http_version == "1.0",
             server=self._conn._server_line,
-            head_only=self._head_only,
+            head_only=head_only,
         )
         self._started = True
         self._keep_alive = keep
-        self._chunked = chunked and not self._head_only
+        self._chunked = chunked and not self._no_body
         self._declared = content_length
         self._pending_head = head
 
@@ -253,7 +256,7 @@ class HttpExchange:
         if self._declared is not None and self._sent + n > self._declared:
             raise ExchangeError("body longer than the declared Content-Length")
         self._sent += n
-        if self._head_only:
+        if self._no_body:
             if self._pending_head is not None:
                 self._emit([])
             return
@@ -278,7 +281,7 @@ class HttpExchange:
         if self._declared is not None and self._sent + count > self._declared:
             raise ExchangeError("body longer than the declared Content-Length")
         self._sent += count
-        if self._head_only or count <= 0:
+        if self._no_body or count <= 0:
             if self._pending_head is not None:
                 self._emit([])
             return
@@ -295,7 +298,7 @@ class HttpExchange:
         self._ended = True
         if self.disconnected:
             return
-        if self._declared is not None and self._sent != self._declared and not self._head_only:
+        if self._declared is not None and self._sent != self._declared and not self._no_body:
             self._conn._abort("response shorter than its Content-Length")
             return
         self._emit([LAST_CHUNK] if self._chunked else [])

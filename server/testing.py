@@ -113,9 +113,9 @@ class MemoryExchange:
 
     def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         self._begin(status, headers, len(body))
-        if not _framed(headers):
+        if not _framed(headers) and status not in (204, 304):
             self.headers.append((b"content-length", str(len(body)).encode()))
-        if body and self.head.method != "HEAD":
+        if body and not self._no_body():
             self.body_chunks.append(bytes(body))
         self.ended = True
 
@@ -126,8 +126,9 @@ class MemoryExchange:
             content_length = declared_length(headers)
         self._begin(status, headers, content_length)
         self.content_length = content_length
-        if _framed(headers):
-            pass  # the handler framed it (response_head checked that it is consistent)
+        if _framed(headers) or status in (204, 304):
+            pass  # the handler framed it (response_head checked that it is consistent), or
+            # a response that ends at its head: no framing added, as on a connection
         elif content_length is not None:
             self.headers.append((b"content-length", str(content_length).encode()))
         elif self.head.http_version == "1.1":
@@ -154,13 +155,17 @@ class MemoryExchange:
 
     async def write(self, chunk: bytes) -> None:
         self._writable()
-        if chunk and self.head.method != "HEAD":
+        if chunk and not self._no_body():
             self.body_chunks.append(bytes(chunk))
 
     async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
         self._writable()
-        if self.head.method != "HEAD":
+        if not self._no_body():
             self.body_chunks.append(os.pread(file.fileno(), count, offset))
+
+    def _no_body(self) -> bool:
+        """A HEAD, 204 or 304 answer: body writes are dropped, as on a connection."""
+        return self.head.method == "HEAD" or self.status in (204, 304)
 
     async def end(self) -> None:
         self._writable()

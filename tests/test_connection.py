@@ -313,6 +313,41 @@ async def test_http_client_head_and_1_0_stream() -> None:
         assert r.body == b"part1-part2" and b"transfer-encoding" not in r.headers
 
 
+async def test_streamed_body_of_204_and_304_is_never_sent(tmp_path: Any) -> None:
+    """A 204 or 304 ends at its head (RFC 9112 6.3): a handler that streams a body anyway
+    (write, sendfile, end) has it dropped, as a whole body given to respond() is, so the next
+    response on the connection starts right after the head."""
+    path = os.path.join(tmp_path, "f")
+    with open(path, "wb") as f:
+        f.write(b"file-bytes")
+
+    async def stream(ex: Exchange) -> None:
+        status = int(ex.head.path[1:]) if ex.head.path[1:].isdigit() else 200
+        ex.start(status, [(b"x-kind", b"stream")])
+        await ex.write(b"part1-")
+        with open(path, "rb") as f:
+            await ex.sendfile(f, 0, 10)
+        await ex.write(b"part2")
+        await ex.end()
+
+    async with running(stream) as port:
+        c = await Raw.open(port)
+        await c.send(get("/204") + get("/304") + get("/ok") + get("/204"))
+        for status in (204, 304, 200, 204):
+            r = await c.response()  # each head starts right where the one before ended
+            assert r.head.startswith(b"HTTP/1.1 %d " % status), r.head
+            assert r.headers[b"x-kind"] == b"stream"
+            if status != 200:
+                assert b"transfer-encoding" not in r.headers
+                assert b"content-length" not in r.headers
+            else:
+                assert r.body == b"part1-file-bytespart2"
+        await c.send(get("/ok"))
+        r = await c.response()
+        assert r.head.startswith(b"HTTP/1.1 200 ") and r.body == b"part1-file-bytespart2"
+        await c.close()
+
+
 async def test_head_same_headers_no_body() -> None:
     async with running(echo) as port:
         c = await Raw.open(port)
