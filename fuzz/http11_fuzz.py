@@ -52,10 +52,11 @@ CONFIGS = (
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD = re.compile(rb"[\r\n\x00]")
 #: statuses that may legitimately differ with the cut: our limits (414, 431) are checked on the
-#: head held so far, llhttp reports a syntax error (400, or 501 for a bad Transfer-Encoding) at
+#: head held so far, llhttp reports a syntax error (400; 501 for a bad Transfer-Encoding or an
+#: unknown method, 505 for an unknown version) at
 #: the byte where it finds it, so which trips first depends on how much of the head each had
 #: seen (docs/hardening.md). Rejection itself must never depend on the cut.
-LIMIT_STATUSES = frozenset({400, 414, 431, 501})
+LIMIT_STATUSES = frozenset({400, 414, 431, 501, 505})
 
 Norm = tuple[object, ...]
 

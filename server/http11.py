@@ -20,8 +20,10 @@ header internally; an incomplete head is bounded by our own byte count.
 
 httptools 0.9 accepts some framing we must refuse ourselves (DESIGN.md): size and count limits
 (414/431/413), ``Transfer-Encoding`` other than exactly ``chunked`` (501), ``Transfer-Encoding``
-on HTTP/1.0, missing or duplicate ``Host`` on HTTP/1.1, huge chunk extensions (400), versions
-other than 1.0/1.1 (505). Its lenient flags are never enabled.
+on HTTP/1.0, missing, duplicate or invalid ``Host`` on HTTP/1.1, a space inside the target
+(``GET /a  HTTP/1.1``), huge chunk extensions (400), versions other than 1.0/1.1 (505). A
+method token llhttp does not know is answered 501. Its lenient flags are never enabled. An
+absolute-form target's authority replaces the ``Host`` field (RFC 9112 3.2.2).
 
 A keep-alive client repeats its head byte for byte. A whole head that llhttp accepted from a
 clean state (no body, not a last message) is kept in a bounded cache with everything
@@ -40,6 +42,7 @@ Responses are built by :mod:`server.http11_response` (re-exported here).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -137,6 +140,12 @@ def _remember(cache: dict[bytes, Any], key: bytes, value: Any) -> None:
 
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+# A Host field value: uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2); empty is valid
+_valid_host = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+\]"
+    rb"|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z"
+).match
+_is_token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 
 
 class _Head:
@@ -181,7 +190,7 @@ class RequestParser:
     """Incremental request parser; see the module docstring for the feeding contract."""
 
     __slots__ = (
-        "begun _block _body_len _cand _cl _error _framing _head_bytes _max_body "
+        "_authority begun _block _body_len _cand _cl _error _framing _head_bytes _max_body "
         "_max_hcount _max_hsize _max_line _p _partial _reusable _state _tail client "
         "config events messages scheme server"
     ).split()
@@ -202,6 +211,8 @@ class RequestParser:
         self.messages = 0  # complete messages so far
         self._p: httptools.HttpRequestParser | None = None  # made by feed() when bytes come
         self._cand: tuple[bytes, _Head] | None = None  # a head to cache once llhttp accepted it
+        # host[:port] of an absolute-form target, from _target to on_headers_complete
+        self._authority: bytes | None = None
         self._max_line = config.max_request_line
         self._max_hsize = config.max_header_size
         self._max_hcount = config.max_header_count
@@ -229,6 +240,7 @@ class RequestParser:
         if self._state != _HEAD or self.begun or self._error is not None or not self._reusable:
             self._p = None
             self._reusable = True
+        self._authority = None
         self.client = client
         self.server = server
         self.events = []
@@ -457,7 +469,15 @@ class RequestParser:
     def _map_error(self, exc: Exception) -> ProtocolError:
         msg = str(exc) or type(exc).__name__
         if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            # llhttp knows a fixed list of methods; any other token is a method this server
+            # does not implement (RFC 9110 9.1: 501), anything else a malformed line
+            # (when the request line arrived in one piece with it: llhttp may stop earlier)
+            token, sp, _ = (self._block or self._partial).lstrip(b"\r\n").partition(b" ")
+            if sp and _is_token(token):
+                return ProtocolError(501, f"method {token.decode()} not implemented")
             return ProtocolError(400, "invalid request method")
+        if msg == "Invalid HTTP version":  # a well-formed HTTP/x.y other than 1.0, 1.1, 2.0
+            return ProtocolError(505, "HTTP version not supported")
         if "Transfer-Encoding" in msg and "Content-Length" not in msg:
             return ProtocolError(501, "unsupported Transfer-Encoding")
         return ProtocolError(400, f"malformed request: {msg}")
@@ -499,6 +519,14 @@ class RequestParser:
             self._raise(400, "missing Host header" if hosts == 0 else "duplicate Host header")
         if method == "CONNECT":
             self._raise(405, "CONNECT is not supported")
+        if self._authority is not None:
+            # absolute-form: the target's host is the request's, the Host field is ignored
+            # (RFC 9112 3.2.2), so it is replaced (or added) for everything that reads it
+            host, self._authority = self._authority, None
+            if hosts:
+                fields = tuple([(k, host if k == b"host" else v) for k, v in fields])
+            else:  # (HTTP/1.0)
+                fields = (*fields, (b"host", host))
         if cl > self._max_body:
             self._raise(413, "request body too large")
         self._cl = cl
@@ -543,18 +571,17 @@ class RequestParser:
         raw_method = line[:sp1]
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         url = line[sp1 + 1 : sp2]
+        if b" " in url:  # (llhttp lets "GET /a  HTTP/1.1" through: the target would be "/a ")
+            self._raise(400, "whitespace in the request target")
         if url[:1] == b"/":
+            f = url.find(b"#")  # a fragment (never sent by clients) goes first: it may hold a ?
+            if f >= 0:
+                url = url[:f]
             q = url.find(b"?")
             if q >= 0:
                 raw_path, query = url[:q], url[q + 1 :]
             else:
                 raw_path, query = url, b""
-            f = query.find(b"#") if query else raw_path.find(b"#")
-            if f >= 0:
-                if query:
-                    query = query[:f]
-                else:
-                    raw_path = raw_path[:f]
         elif url == b"*" or method == "CONNECT":  # CONNECT: refused (405) by the caller
             if method != "OPTIONS" and method != "CONNECT":
                 # asterisk-form is for a server-wide OPTIONS only (RFC 9112 3.2.4)
@@ -567,12 +594,16 @@ class RequestParser:
                 self._raise(400, "invalid request target")
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
+            if parsed.host:  # (absolute-form: never cached, so this runs for each such head)
+                host = b"[%s]" % parsed.host if b":" in parsed.host else parsed.host
+                self._authority = host + b":%d" % parsed.port if parsed.port else host
         if b"%" in raw_path:
             path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
         else:
             path = raw_path.decode("utf-8", "replace")
         out = (method, path, raw_path, query, version)
-        _remember(_target_cache, line, out)
+        if self._authority is None:
+            _remember(_target_cache, line, out)
         return out
 
     def _fields(self, tail: bytes) -> _Fields:
@@ -606,7 +637,12 @@ class RequestParser:
             for k, v in fields:
                 if k == b"expect" and v.lower() == b"100-continue":
                     expect = True
-        out = (fields, lower.count(b"\r\nhost:"), te, cl, expect)
+        hosts = lower.count(b"\r\nhost:")
+        if hosts:
+            for k, v in fields:
+                if k == b"host" and not _valid_host(v):
+                    self._raise(400, "invalid Host header")
+        out = (fields, hosts, te, cl, expect)
         _remember(_fields_cache, tail, out)
         return out
 

@@ -139,6 +139,31 @@ def test_absolute_form_target() -> None:
     [head, _] = parse(b"GET http://h/p/q?z=2 HTTP/1.1\r\nHost: h\r\n\r\n")
     assert isinstance(head, RequestHead)
     assert head.path == "/p/q" and head.query_string == b"z=2"
+    # the target's authority is the request's host; the Host field is ignored (RFC 9112 3.2.2)
+    for _ in range(2):  # (the second from the head cache)
+        [head, _] = parse(b"GET http://o.test:81/p HTTP/1.1\r\nHost: x\r\nA: 1\r\n\r\n")
+        assert isinstance(head, RequestHead)
+        assert head.headers == [(b"host", b"o.test:81"), (b"a", b"1")]
+    [head, _] = parse(b"GET http://[::1]:8080/p HTTP/1.0\r\n\r\n")
+    assert isinstance(head, RequestHead) and head.headers == [(b"host", b"[::1]:8080")]
+    [head, _] = parse(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")  # (nothing left over)
+    assert isinstance(head, RequestHead) and head.headers == [(b"host", b"x")]
+
+
+def test_fragment_is_cut_before_the_query() -> None:
+    [head, _] = parse(b"GET /p#f?x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(head, RequestHead) and (head.path, head.query_string) == ("/p", b"")
+    [head, _] = parse(b"GET /p?x#f?y HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(head, RequestHead) and (head.path, head.query_string) == ("/p", b"x")
+
+
+def test_unknown_method_is_not_implemented() -> None:
+    """A method token llhttp does not know is 501 (RFC 9110 9.1) when the request line came
+    whole; a method that is not a token is a malformed request."""
+    for method in (b"FOO", b"get", b"BREW"):
+        err = error_of(method + b" / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert err.status == 501 and method.decode() in err.message, method
+    assert error_of(b"G@T / HTTP/1.1\r\nHost: h\r\n\r\n").status == 400
 
 
 def test_asterisk_form_target_is_for_options_only() -> None:
@@ -175,6 +200,14 @@ def test_asterisk_form_target_is_for_options_only() -> None:
         ),
         (b"\x00\x01garbage\r\n\r\n", 400),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET /a  HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # the target would hold a space
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),  # invalid Host (RFC 9112 3.2)
+        (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: u@h\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: h:8x\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\nHost: a, b\r\n\r\n", 400),
         (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 405),
         (b"GET * HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # asterisk-form: OPTIONS only
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2000000\r\n\r\n", 413),
