@@ -49,8 +49,6 @@ ASGIApp = Callable[
     [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
 ]
 
-_ASGI = {"version": "3.0", "spec_version": "2.4"}
-
 
 class LifespanFailure(RuntimeError):
     """The application reported ``lifespan.startup.failed`` / ``shutdown.failed`` (or crashed
@@ -139,9 +137,7 @@ class _Cycle:
             elif kind == "http.response.body":
                 if self.state == 0 and not message.get("more_body", False):
                     # the whole response in one message: one respond, no nested coroutine
-                    status, headers, _ = self._head()
-                    ex.respond(status, headers, bytes(message.get("body", b"")))
-                    self._finish()
+                    self._respond(message)
                 else:
                     await self._body(message)
             elif kind == "http.response.pathsend":
@@ -150,6 +146,24 @@ class _Cycle:
                 raise RuntimeError(f"unexpected ASGI message {kind!r}")
         except ClientDisconnected as exc:
             raise OSError("client disconnected") from exc
+
+    def _respond(self, message: Message) -> None:
+        """The whole response in one ``http.response.body``: one ``respond``. A Content-Length
+        of the app's own must match the body (as when streamed; not for a HEAD, 204 or 304,
+        which send none)."""
+        status, headers, length = self._head()
+        body = bytes(message.get("body", b""))
+        if (
+            length is not None
+            and length != len(body)
+            and status not in (204, 304)
+            and self.exchange.head.method != "HEAD"
+        ):
+            raise RuntimeError(
+                f"response Content-Length {length} does not match its body ({len(body)} bytes)"
+            )
+        self.exchange.respond(status, headers, body)
+        self._finish()
 
     def _head(self) -> tuple[int, list[tuple[bytes, bytes]], int | None]:
         start = self.start
@@ -176,11 +190,10 @@ class _Cycle:
         more = message.get("more_body", False)
         ex = self.exchange
         if self.state == 0:
-            status, headers, length = self._head()
             if not more:
-                ex.respond(status, headers, bytes(body))
-                self._finish()
+                self._respond(message)
                 return
+            status, headers, length = self._head()
             ex.start(status, headers, length)
             self.state = 1
         if body:
@@ -226,7 +239,9 @@ class ASGIHandler:
         self.lifespan = lifespan or str(self.config.extra.get("lifespan", "auto"))
         if self.lifespan not in ("auto", "on", "off"):
             raise ValueError(f"lifespan must be auto, on or off, not {self.lifespan!r}")
-        self.root_path = str(self.config.extra.get("root_path", ""))
+        # the prefix a proxy in front strips (e.g. "/api"): the app is told it is mounted there
+        self.root_path = str(self.config.extra.get("root_path", "")).rstrip("/")
+        self._raw_root = self.root_path.encode("utf-8")
         self.state: dict[str, Any] = {}  # lifespan state, copied into each request scope
         self._lifespan_task: asyncio.Task[None] | None = None
         self._to_app: asyncio.Queue[Message] | None = None  # lifespan events for the app
@@ -234,14 +249,17 @@ class ASGIHandler:
 
     async def __call__(self, exchange: Exchange) -> None:
         head = exchange.head
+        root = self.root_path
         scope: dict[str, Any] = {
             "type": "http",
-            "asgi": _ASGI,
+            "asgi": {"version": "3.0", "spec_version": "2.4"},  # (the app may change its own)
             "http_version": head.http_version,
             "method": head.method,
             "scheme": head.scheme,
-            "path": head.path,
-            "raw_path": head.raw_path,
+            # below root_path, path and raw_path include it (ASGI: PATH_INFO is path with
+            # root_path cut off; uvicorn does the same)
+            "path": root + head.path if root else head.path,
+            "raw_path": self._raw_root + head.raw_path if root else head.raw_path,
             "query_string": head.query_string,
             "root_path": self.root_path,
             "headers": head.headers,
@@ -309,7 +327,11 @@ class ASGIHandler:
     async def _run_lifespan(self) -> None:
         assert self._to_app is not None and self._from_app is not None
         to_app, from_app = self._to_app, self._from_app
-        scope = {"type": "lifespan", "asgi": _ASGI, "state": self.state}
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "state": self.state,
+        }
         started = False
 
         async def send(message: Message) -> None:

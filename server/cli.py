@@ -209,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lifespan", choices=("auto", "on", "off"), default="auto", help="ASGI lifespan protocol"
     )
-    p.add_argument("--root-path", default="", help="ASGI root_path")
+    p.add_argument(
+        "--root-path",
+        default="",
+        help="ASGI root_path: the prefix a proxy in front strips (path includes it, as uvicorn)",
+    )
     limits = p.add_argument_group("limits and timeouts (see server/config.py)")
     for f in fields(Config):
         if f.name in _MANUAL:

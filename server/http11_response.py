@@ -213,6 +213,8 @@ def _build_head(
     head_only: bool,
     date: bytes,
 ) -> tuple[bytes, bool, bool]:
+    if status < 200:  # an interim status as the answer: the client would wait for another
+        raise InvalidHeader(f"status {status} is not a final response")
     parts = [_status_lines.get(status) or status_line(status)]
     append = parts.append
     have = 0  # bit set: 1 content-length, 2 transfer-encoding, 4 connection, 8 date, 16 server

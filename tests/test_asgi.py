@@ -444,3 +444,103 @@ async def test_e2e_pathsend_large_file(tmp_path: Path) -> None:
             assert r.content == data
         r = await client.head("/")
         assert r.content == b"" and r.headers["content-length"] == str(len(data))
+
+
+async def _framing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers by path: /status/<n>[/stream] sends status n with a body (one message, or
+    streamed); /cl/<declared>/<size> declares a Content-Length; /mutate changes scope["asgi"];
+    anything else: 200 with scope["asgi"] as the body."""
+    if scope["type"] != "http":
+        return
+    parts = scope["path"].strip("/").split("/")
+    if parts[0] == "status":
+        await send({"type": "http.response.start", "status": int(parts[1]), "headers": []})
+        if parts[2:] == ["stream"]:
+            await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+            await send({"type": "http.response.body", "body": b"def"})
+        else:
+            await send({"type": "http.response.body", "body": b"abc"})
+        return
+    if parts[0] == "cl":
+        headers = [(b"content-length", parts[1].encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x" * int(parts[2])})
+        return
+    if parts[0] == "mutate":
+        scope["asgi"]["mutated"] = "yes"
+    body = repr(sorted(scope["asgi"].items())).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_e2e_response_framing_the_app_cannot_break() -> None:
+    """Over a real socket, each response followed by a pipelined request on the same
+    connection: a body given to a 204 or 304 (whole or streamed) is never sent (the next
+    response starts right after the head); a 1xx status as the answer, or a Content-Length
+    that does not match a whole body, is a 500; scope["asgi"] is the request's own."""
+    from server.testing import live_server
+    from tests.test_connection import Raw
+
+    async with live_server(_framing_app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        c = await Raw.open(port)
+        paths_and_statuses = [
+            ("/status/204", 204),
+            ("/status/204/stream", 204),
+            ("/status/304/stream", 304),
+            ("/status/103", 500),
+            ("/status/101/stream", 500),
+            ("/cl/3/3", 200),
+            ("/cl/10/5", 500),
+            ("/cl/3/5", 500),
+            ("/mutate", 200),
+            ("/plain", 200),
+        ]
+        await c.send(
+            b"".join(
+                b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % p.encode() for p, _ in paths_and_statuses
+            )
+        )
+        bodies = {}
+        for path, status in paths_and_statuses:
+            r = await c.response()
+            assert r.head.startswith(b"HTTP/1.1 %d " % status), (path, r.head)
+            bodies[path] = r.body
+        assert bodies["/status/204"] == bodies["/status/304/stream"] == b""
+        assert bodies["/cl/3/3"] == b"xxx"
+        assert b"mutated" in bodies["/mutate"] and b"mutated" not in bodies["/plain"]
+        await c.close()
+
+
+async def test_e2e_root_path_is_part_of_path() -> None:
+    """--root-path (a proxy in front strips it): path and raw_path include it, as uvicorn
+    gives them, so Starlette's request.url and url_for agree."""
+    import httpx
+
+    from server.testing import live_server
+
+    async def where(request: SRequest) -> SJSONResponse:
+        s = request.scope
+        return SJSONResponse(
+            {
+                "path": s["path"],
+                "raw_path": s["raw_path"].decode(),
+                "root_path": s["root_path"],
+                "url": str(request.url),
+                "url_for": str(request.url_for("where", rest="x")),
+            }
+        )
+
+    app = Starlette(routes=[Route("/w/{rest:path}", where, name="where")])
+    async with (
+        live_server(app, extra={"root_path": "/api/"}) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        r = await client.get("/w/x?q=1")
+        assert r.json() == {
+            "path": "/api/w/x",
+            "raw_path": "/api/w/x",
+            "root_path": "/api",
+            "url": f"{url}/api/w/x?q=1",
+            "url_for": f"{url}/api/w/x",
+        }

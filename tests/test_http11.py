@@ -345,6 +345,9 @@ def test_response_head_streamed_and_close() -> None:
     assert not keep and head.count(b"onnection") == 1
     head, _, _ = response_head(204, [], content_length=0, keep_alive=True)
     assert b"content-length" not in head
+    for status in (100, 101, 103, 199):  # not a final answer: the client would wait for one
+        with pytest.raises(InvalidHeader, match="not a final response"):
+            response_head(status, [], content_length=5, keep_alive=True)
 
 
 @pytest.mark.parametrize(
