@@ -263,7 +263,10 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             self._worker = None  # (one cancelled before its first step never cleared itself)
             self._release()
         elif self._busy:
-            if not woken:
+            ex = self._queue[0] if self._queue else None
+            if not woken and not (
+                type(ex) is HttpExchange and ex._ended and ex._pending_head is None
+            ):  # (a handler working after its complete answer is left to finish: _detach)
                 worker.cancel()  # the handler gets CancelledError; the worker releases us
         else:
             wake = self._wake

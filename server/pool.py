@@ -143,6 +143,9 @@ class ConnectionPool:
         self._closed = False  # shutting down: no new connections
         self._empty: asyncio.Event | None = None
         self._wheel: DeadlineWheel | None = None  # the connections' deadlines (one loop)
+        # worker tasks still running a handler whose response is complete (work after the
+        # answer, see HandlerRunner._detach): shutdown waits for them like for connections
+        self.detached: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return (
@@ -243,6 +246,18 @@ class ConnectionPool:
         except TimeoutError:
             return not self.active
         return True
+
+    def add_detached(self, task: asyncio.Task[None]) -> None:
+        """Track a detached worker task until it ends (see ``detached``)."""
+        self.detached.add(task)
+        task.add_done_callback(self.detached.discard)
+
+    async def wait_detached(self, timeout: float) -> None:
+        """Let detached handlers finish for up to ``timeout`` seconds, then cancel them."""
+        if self.detached:
+            await asyncio.wait(set(self.detached), timeout=timeout)
+        for task in list(self.detached):
+            task.cancel()
 
     def abort_all(self) -> None:
         for conn in list(self.active):

@@ -178,6 +178,8 @@ async def serve(
         if not await pool.wait_empty(max(0.0, deadline - loop.time())):
             pool.abort_all()
             await pool.wait_empty(1.0)
+        # handlers still working after their answer went out (e.g. BackgroundTasks)
+        await pool.wait_detached(max(0.0, deadline - loop.time()))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 1.0)
         if config.uds and config.fd is None:

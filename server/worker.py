@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from .config import Config
     from .exchange import AppHandler
+    from .pool import ConnectionPool
 
 __all__ = ["HandlerRunner"]
 
@@ -120,17 +121,30 @@ class _Continue:
     ``_NOT_STARTED``.
     """
 
-    __slots__ = ("coro", "ctx", "first")
+    __slots__ = ("conn", "coro", "ctx", "detached", "ex", "first")
 
-    def __init__(self, coro: Any, first: Any, ctx: contextvars.Context) -> None:
+    def __init__(
+        self,
+        coro: Any,
+        first: Any,
+        ctx: contextvars.Context,
+        conn: HandlerRunner | None = None,
+        ex: HttpExchange | None = None,
+    ) -> None:
         self.coro = coro
         self.first = first
         self.ctx = ctx
+        # the connection and exchange: once the response is complete and the handler still
+        # suspends, the connection goes on without it (HandlerRunner._detach)
+        self.conn = conn
+        self.ex = ex
+        self.detached = False
 
     def __await__(self) -> Any:
         coro = self.coro
         run = self.ctx.run
         out = self.first
+        ex = self.ex
         self.first = None
         if out is _NOT_STARTED:
             try:
@@ -138,6 +152,10 @@ class _Continue:
             except StopIteration as stop:
                 return stop.value
         while True:
+            if ex is not None and ex._ended and ex._pending_head is None:
+                if self.conn._detach(ex):  # type: ignore[union-attr]
+                    self.detached = True
+                    ex = self.ex = None
             try:
                 sent = yield out
             except GeneratorExit:
@@ -193,6 +211,8 @@ class HandlerRunner:
         _dispatching: bool  # inside _dispatch (guards against recursion)
         _timed_out: bool  # the current handler was cancelled by request_timeout
         _server_line: bytes
+        _write_paused: bool
+        pool: ConnectionPool | None
 
         def _retire(self, ex: HttpExchange) -> None: ...
         def _send_error(self, err: ProtocolError) -> None: ...
@@ -324,6 +344,7 @@ class HandlerRunner:
                 ex, coro, first, ctx = job
                 exc: BaseException | None = None
                 cancelled = False
+                cont: _Continue | None = None
                 try:
                     if coro is None:  # not started yet: a fresh context, as for the others
                         ctx = self._base_ctx.copy()  # type: ignore[union-attr]
@@ -332,11 +353,21 @@ class HandlerRunner:
                     if self._cancel_pending:
                         self._cancel_pending = False
                         first = _cancelled(loop, coro, first)
-                    await _Continue(coro, first, ctx)
+                    cont = _Continue(coro, first, ctx, self, ex)
+                    await cont
                 except asyncio.CancelledError:
                     cancelled = True
                 except Exception as e:
                     exc = e
+                if cont is not None and cont.detached:  # the connection went on without it
+                    if exc is not None and not isinstance(exc, ClientDisconnected):
+                        logger.error(
+                            "handler failed after its response: %s %r",
+                            ex.head.method,
+                            ex.head.raw_path,
+                            exc_info=exc,
+                        )
+                    return
                 # No cancel request outlives its job. One the handler did not let escape may
                 # still be armed on this task (before 3.13 uncancel() leaves it): a fresh worker
                 # serves what comes next.
@@ -368,6 +399,41 @@ class HandlerRunner:
                 self._worker = None
                 if self._transport is None:
                     self._release()
+
+    def _detach(self, ex: HttpExchange) -> bool:
+        """``ex``'s response is complete but its handler goes on (work after the answer, e.g.
+        Starlette's BackgroundTasks; called by :class:`_Continue` before the handler
+        suspends): the connection goes on as if it had returned (the next request is answered,
+        a ``Connection: close`` closes now). Its worker task keeps running it, detached: a lost
+        client or ``request_timeout`` no longer cancels it, shutdown waits for it
+        (``ConnectionPool.wait_detached``); the next request gets a new worker. False (asked
+        again at its next suspension) while the client is not reading what was sent, or while
+        the request body is not all read."""
+        queue = self._queue
+        if (
+            not self._busy
+            or not queue
+            or queue[0] is not ex
+            or ex._gen != self._gen
+            or self._transport is None
+            or self._timed_out
+            or self._write_paused
+            or not ex._done_body
+        ):
+            return False
+        worker = self._worker
+        if worker is None or worker is not _current_task(self._loop):
+            return False
+        del queue[0]
+        self._busy = False
+        self._job_since = 0.0
+        self._worker = None
+        if self.pool is not None:
+            self.pool.add_detached(worker)
+        self._retire(ex)
+        if queue and not self._busy and self._transport is not None:
+            self._dispatch()
+        return True
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         """A worker task ended. If it is still ours, it was cancelled before its first step

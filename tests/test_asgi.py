@@ -3,6 +3,7 @@ through the in-memory exchange (end-to-end socket tests live in test_cli.py / th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -544,3 +545,46 @@ async def test_e2e_root_path_is_part_of_path() -> None:
             "url": f"{url}/api/w/x?q=1",
             "url_for": f"{url}/api/w/x",
         }
+
+
+async def test_e2e_background_tasks_run_after_the_answer_without_holding_the_connection() -> None:
+    """Starlette's BackgroundTasks run inside the app call, after the last send: the client's
+    next request on the same connection is answered meanwhile, and a client that resets does
+    not cancel them (uvicorn behaves the same)."""
+    import httpx
+    from starlette.background import BackgroundTask
+
+    from server.testing import live_server
+    from tests.test_connection import Raw
+
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def work(name: str) -> None:
+        await release.wait()
+        done.append(name)
+
+    async def bg(request: SRequest) -> PlainTextResponse:
+        name = request.path_params["name"]
+        return PlainTextResponse(name, background=BackgroundTask(work, name))
+
+    async def quick(request: SRequest) -> PlainTextResponse:
+        return PlainTextResponse("quick")
+
+    app = Starlette(routes=[Route("/bg/{name}", bg), Route("/quick", quick)])
+    async with live_server(app) as url:
+        async with httpx.AsyncClient(base_url=url) as client:  # one keep-alive connection
+            assert (await client.get("/bg/a")).text == "a"
+            assert (await asyncio.wait_for(client.get("/quick"), 5)).text == "quick"
+        c = await Raw.open(int(url.rsplit(":", 1)[1]))
+        await c.send(b"GET /bg/b HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await c.response()).body == b"b"
+        c.reset()
+        await asyncio.sleep(0.1)
+        assert done == []
+        release.set()
+        for _ in range(100):
+            if len(done) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(done) == ["a", "b"]

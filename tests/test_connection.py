@@ -1012,6 +1012,60 @@ async def test_client_reset_mid_response_cancels_handler(fd_count: Callable[[], 
     assert fd_count() == before
 
 
+async def test_work_after_the_answer_does_not_hold_the_connection() -> None:
+    """A handler that goes on working after its response is complete (Starlette's
+    BackgroundTasks do) is left to finish on its own: the next request is answered meanwhile
+    (pipelined or not), a ``Connection: close`` answer closes at once, a reset client does not
+    cancel it, and shutdown waits for it."""
+    release = asyncio.Event()
+    log: list[str] = []
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="-")
+
+    async def handler(ex: Exchange) -> None:
+        path = ex.head.path
+        var.set(path)
+        ex.respond(200, [], path.encode())
+        if path.startswith("/bg"):
+            try:
+                await release.wait()
+                await asyncio.sleep(0)
+                log.append(f"{path} done in {var.get()}")
+            except asyncio.CancelledError:
+                log.append(f"{path} cancelled")
+                raise
+
+    async with running(handler) as port:
+        c = await Raw.open(port)
+        await c.send(get("/bg1") + get("/a"))
+        assert (await c.response()).body == b"/bg1"
+        assert (await c.response()).body == b"/a"  # while /bg1 still works
+        await c.send(get("/b"))
+        assert (await c.response()).body == b"/b"
+        await c.send(b"GET /bg2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert (await c.response()).body == b"/bg2"
+        assert await c.closed()  # at once, not after the work
+        c = await Raw.open(port)
+        await c.send(get("/bg3"))
+        assert (await c.response()).body == b"/bg3"
+        c.reset()
+        await asyncio.sleep(0.1)
+        assert log == []
+        release.set()
+        for _ in range(100):
+            if len(log) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(log) == [f"/bg{i} done in /bg{i}" for i in (1, 2, 3)]
+        # shutdown waits for such work (up to graceful_timeout)
+        release.clear()
+        c = await Raw.open(port)
+        await c.send(get("/bg4"))
+        assert (await c.response()).body == b"/bg4"
+        await c.close()
+        asyncio.get_running_loop().call_later(0.2, release.set)
+    assert log[-1] == "/bg4 done in /bg4"
+
+
 class MemoryEcho:
     """A handler with answers from memory (``answer_from_memory``) for some paths; ``calls``
     counts the requests that reached ``__call__`` (the usual path), ``asked`` the ones that
