@@ -97,6 +97,13 @@ class _Recorder:
     def disconnected(self) -> bool:
         return self.exchange.disconnected
 
+    @property
+    def client_closed(self) -> bool:
+        return self.exchange.client_closed
+
+    async def wait_client_closed(self) -> None:
+        await self.exchange.wait_client_closed()
+
     def __repr__(self) -> str:
         return f"<_Recorder status={self.status} size={self.size} of {self.exchange!r}>"
 

@@ -6,7 +6,8 @@ application a ``receive``/``send`` pair backed by a small per-request :class:`_C
 * ``receive`` pulls body chunks from ``exchange.receive()`` as ``http.request`` events; the body
   end is known from ``Content-Length`` (no extra empty event), or from the exchange returning
   ``b""`` for chunked bodies. Once the body is complete, ``receive`` waits until the response
-  is finished (or the client is gone) and then returns ``http.disconnect``. A body that breaks
+  is finished (or the client is gone or has closed its side: a FIN) and then returns
+  ``http.disconnect``. A body that breaks
   its framing or the size limit is reported as ``http.disconnect`` too (as uvicorn does); the
   app's response after that is refused like one to a client that left, and the connection
   answers 400 or 413 once the app returns.
@@ -103,19 +104,21 @@ class _Cycle:
             if not more:
                 self.body_done = True
             return {"type": "http.request", "body": chunk, "more_body": more}
-        if self.state != 2 and not self.exchange.disconnected and not self.failed:
+        if self.state != 2 and not self.exchange.client_closed and not self.failed:
             if self.done is None:
                 self.done = asyncio.get_running_loop().create_future()
             await self._wait_done()
         return {"type": "http.disconnect"}
 
     async def _wait_done(self) -> None:
+        """Until the response is complete or the client has closed (gone, or a FIN: as Go
+        cancels a request's context on EOF; the answer is still sent if the app sends one)."""
         assert self.done is not None
-        while not self.done.done() and not self.exchange.disconnected:
-            try:
-                await asyncio.wait_for(asyncio.shield(self.done), 1.0)
-            except TimeoutError:
-                continue
+        closed = asyncio.ensure_future(self.exchange.wait_client_closed())
+        try:
+            await asyncio.wait((self.done, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
 
     def _finish(self) -> None:
         self.state = 2

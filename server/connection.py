@@ -236,6 +236,9 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             parsing._wake()
         if not self._queue:
             return False  # nothing to answer: let the transport close
+        for ex in self._queue:  # a handler in wait_client_closed() learns of it now
+            if type(ex) is HttpExchange and ex._waiter is not None:
+                ex._wake()
         return True  # half-close: still answer what was asked
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -243,10 +246,12 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         err = _Disconnected("client disconnected")
         woken = False  # the handler waits on our I/O: it gets ClientDisconnected, not a cancel
         for ex in self._queue:
-            if isinstance(ex, HttpExchange) and not ex._done_body and ex._body_error is None:
+            if not isinstance(ex, HttpExchange):
+                continue
+            if not ex._done_body and ex._body_error is None:
                 ex._body_error = err
-                if ex._waiter is not None and not ex._waiter.done():
-                    woken = True
+            if ex._waiter is not None and not ex._waiter.done():  # (receive, wait_client_closed)
+                woken = True
                 ex._wake()
         waiters, self._drain_waiters = self._drain_waiters, None
         if waiters:

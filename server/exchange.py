@@ -159,6 +159,17 @@ class Exchange(Protocol):
         """True once the client connection is gone."""
         ...
 
+    @property
+    def client_closed(self) -> bool:
+        """True once the client is gone or has closed its sending side (a FIN: it will send
+        nothing more; it may still read the answer, which is still sent)."""
+        ...
+
+    async def wait_client_closed(self) -> None:
+        """Return once :attr:`client_closed` is true: for a handler that waits without
+        writing (a long poll, an idle event stream) to notice a client that left."""
+        ...
+
 
 class AppHandler(Protocol):
     """What the connection layer calls for each request."""

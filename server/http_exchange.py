@@ -120,6 +120,22 @@ class HttpExchange:
         conn = self._conn
         return conn._gen != self._gen or conn._transport is None
 
+    @property
+    def client_closed(self) -> bool:
+        conn = self._conn
+        return conn._gen != self._gen or conn._transport is None or conn._eof
+
+    async def wait_client_closed(self) -> None:
+        conn = self._conn
+        while not self.client_closed:
+            # (the body's waiter: the body is complete, or this wait ends with it)
+            waiter = conn._loop.create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
     async def receive(self) -> bytes:
         conn = self._conn
         while True:

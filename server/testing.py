@@ -85,6 +85,7 @@ class MemoryExchange:
         self._max_body = max_body_size  # None: unlimited
         self._received = 0  # request body bytes handed out so far
         self._disconnected = False
+        self._closed: asyncio.Event | None = None  # made by wait_client_closed
         self.status: int | None = None  # response status once started
         self.headers: RawHeaders = []  # response headers as the handler gave them
         self.body_chunks: list[bytes] = []  # response body pieces, in order
@@ -96,6 +97,8 @@ class MemoryExchange:
     def disconnect(self) -> None:
         """Simulate the client going away."""
         self._disconnected = True
+        if self._closed is not None:
+            self._closed.set()
 
     # --- the Exchange contract ---
     async def receive(self) -> bytes:
@@ -186,6 +189,17 @@ class MemoryExchange:
     @property
     def disconnected(self) -> bool:
         return self._disconnected
+
+    @property
+    def client_closed(self) -> bool:
+        return self._disconnected
+
+    async def wait_client_closed(self) -> None:
+        if self._closed is None:
+            self._closed = asyncio.Event()
+            if self._disconnected:
+                self._closed.set()
+        await self._closed.wait()
 
     def __repr__(self) -> str:
         return (

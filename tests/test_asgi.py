@@ -588,3 +588,44 @@ async def test_e2e_background_tasks_run_after_the_answer_without_holding_the_con
                 break
             await asyncio.sleep(0.01)
         assert sorted(done) == ["a", "b"]
+
+
+async def test_e2e_client_that_closes_is_seen_as_a_disconnect() -> None:
+    """An app that waits for http.disconnect (long poll) and Starlette's is_disconnected()
+    see a client that closes with a FIN (as Go cancels the request's context on EOF), not
+    only one that resets."""
+    from server.testing import live_server
+    from tests.test_connection import Raw
+
+    seen: list[str] = []
+
+    async def waiter(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/starlette":
+            await starlette_poll(scope, receive, send)
+            return
+        assert (await receive())["type"] == "http.request"
+        seen.append((await receive())["type"])
+
+    async def poll(request: SRequest) -> PlainTextResponse:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.01)
+        seen.append("starlette saw it")
+        return PlainTextResponse("late")
+
+    starlette_poll = Starlette(routes=[Route("/starlette", poll)])
+    async with live_server(waiter) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for path, expected in (("/raw", "http.disconnect"), ("/starlette", "starlette saw it")):
+            c = await Raw.open(port)
+            await c.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+            await asyncio.sleep(0.05)
+            assert seen == [] or seen[-1] != expected
+            c.writer.write_eof()
+            for _ in range(200):
+                if seen and seen[-1] == expected:
+                    break
+                await asyncio.sleep(0.01)
+            assert seen[-1] == expected
+            await c.close()

@@ -1066,6 +1066,37 @@ async def test_work_after_the_answer_does_not_hold_the_connection() -> None:
     assert log[-1] == "/bg4 done in /bg4"
 
 
+async def test_wait_client_closed_sees_a_fin_and_a_reset() -> None:
+    """A handler waiting without writing (long poll) learns that the client closed its side
+    (FIN) or left (reset); after a FIN its answer is still sent."""
+    seen: list[tuple[str, bool]] = []
+
+    async def long_poll(ex: Exchange) -> None:
+        assert not ex.client_closed
+        await ex.wait_client_closed()
+        seen.append((ex.head.path, ex.disconnected))
+        ex.respond(200, [], b"bye")
+
+    async with running(long_poll) as port:
+        c = await Raw.open(port)
+        await c.send(get("/fin"))
+        await asyncio.sleep(0.05)
+        assert seen == []
+        c.writer.write_eof()
+        r = await c.response()  # still answered after the half-close
+        assert r.body == b"bye" and await c.closed()
+        assert seen == [("/fin", False)]
+        c = await Raw.open(port)
+        await c.send(get("/rst"))
+        await asyncio.sleep(0.05)
+        c.reset()
+        for _ in range(100):
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert seen[1] == ("/rst", True)
+
+
 class MemoryEcho:
     """A handler with answers from memory (``answer_from_memory``) for some paths; ``calls``
     counts the requests that reached ``__call__`` (the usual path), ``asked`` the ones that
