@@ -602,6 +602,11 @@ class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
             self._loop.call_soon(self._call_connection_lost, None)  # type: ignore[union-attr]
 
     def abort(self) -> None:
+        if self._corked and not self._writing and not self._conn_lost:
+            # Writes of this loop turn were never tried (corked until its end): stock asyncio
+            # and uvloop try them inside write(), so what the kernel takes now goes out before
+            # the close, as it would there (e.g. the part of a response sent before an abort).
+            self._send_buffered()
         self._force_close(None)
 
     def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:

@@ -139,6 +139,24 @@ async def test_eof_received_true_keeps_writing_possible() -> None:
     peer.close()
 
 
+async def test_abort_after_a_write_in_the_same_turn_sends_what_the_kernel_takes() -> None:
+    """abort() drops what is still buffered, but a write made just before it, in the same
+    turn, goes out as on stock asyncio (which tries it inside write()): netpoll corks writes
+    until the end of the turn and must not lose them to the abort."""
+    transport, proto, peer = await connect(Recorder)
+    transport.write(b"partial ")
+    transport.writelines([b"answer", b"!"])
+    transport.abort()
+    assert await asyncio.wait_for(proto.lost, 10) is None
+    got = bytearray()
+    try:
+        got += await asyncio.to_thread(recv_until_eof, peer)
+    except ConnectionResetError:
+        pass
+    assert bytes(got) == b"partial answer!"
+    peer.close()
+
+
 async def test_eof_received_false_closes_transport() -> None:
     _, proto, peer = await connect(lambda: Recorder(eof_result=None))
     peer.shutdown(socket.SHUT_WR)
