@@ -32,12 +32,15 @@ file (200) — never more bytes than the file. A syntactically invalid ``Range``
 from __future__ import annotations
 
 import calendar
+import datetime
 import html
 import mimetypes
 import os
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.utils import formatdate, parsedate_tz
+from email.utils import formatdate
 from urllib.parse import quote
 
 Headers = list[tuple[bytes, bytes]]
@@ -134,17 +137,48 @@ def http_date(ts: float) -> bytes:
 _date_cache: dict[bytes, float | None] = {}
 
 
+_DAY = rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MON = rb"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = rb"(\d\d):(\d\d):(\d\d)"
+_MONTHS = {m.encode(): i for i, m in enumerate(calendar.month_abbr) if m}
+# RFC 9110 5.6.7, case-sensitive as its grammar: IMF-fixdate, the obsolete RFC 850 and asctime
+_IMF_FIXDATE = re.compile(_DAY + rb", (\d\d) " + _MON + rb" (\d{4}) " + _TIME + rb" GMT\Z")
+_RFC850 = re.compile(
+    rb"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (\d\d)-"
+    + _MON
+    + rb"-(\d\d) "
+    + _TIME
+    + rb" GMT\Z"
+)
+_ASCTIME = re.compile(_DAY + rb" " + _MON + rb" ([ \d]\d) " + _TIME + rb" (\d{4})\Z")
+
+
 def parse_http_date(value: bytes) -> float | None:
-    """Seconds since the epoch for an HTTP-date (any of the three formats), None if invalid."""
+    """Seconds since the epoch for an HTTP-date in one of its three formats, exactly as RFC
+    9110 5.6.7 writes them; None for anything else (a zone other than GMT, a list of dates,
+    another case: the preconditions must then ignore the field, 13.1.3)."""
     if value in _date_cache:
         return _date_cache[value]
     parsed: float | None = None
-    try:
-        tup = parsedate_tz(value.decode("latin-1"))
-        if tup is not None:
-            parsed = float(calendar.timegm((*tup[:6], 0, 0, 0))) - (tup[9] or 0)
-    except (ValueError, OverflowError, TypeError):
-        parsed = None
+    if m := _IMF_FIXDATE.match(value):
+        day, mon, year, hh, mm, ss = m.groups()
+    elif m := _ASCTIME.match(value):
+        mon, day, hh, mm, ss, year = m.groups()
+    elif m := _RFC850.match(value):
+        day, mon, yy, hh, mm, ss = m.groups()
+        # a two-digit year more than 50 years ahead is the last such year in the past
+        now = time.gmtime().tm_year
+        year = b"%d" % (now - now % 100 + int(yy))
+        if int(year) > now + 50:
+            year = b"%d" % (int(year) - 100)
+    if m is not None:
+        try:
+            stamp = datetime.datetime(  # (validates the day of the month, the hour, ...)
+                int(year), _MONTHS[mon], int(day), int(hh), int(mm), min(int(ss), 59)
+            )
+            parsed = float(calendar.timegm(stamp.timetuple()))
+        except (ValueError, OverflowError):
+            parsed = None
     if len(_date_cache) > 1024:
         _date_cache.clear()
     _date_cache[value] = parsed

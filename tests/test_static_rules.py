@@ -67,6 +67,28 @@ def test_split_path_never_escapes(rel: str) -> None:
         assert all(s not in ("", ".", "..") and "\x00" not in s and "\\" not in s for s in segs)
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"Sun, 06 Nov 1994 08:49:37 GMT", 784111777.0),  # IMF-fixdate
+        (b"Sunday, 06-Nov-94 08:49:37 GMT", 784111777.0),  # obsolete RFC 850
+        (b"Sun Nov  6 08:49:37 1994", 784111777.0),  # asctime
+        # not an HTTP-date (RFC 9110 13.1.3: the field is then ignored)
+        (b"Sun, 06 Nov 1994 08:49:37 GMT, Sun, 06 Nov 1994 08:49:37 GMT", None),  # a list
+        (b"Sun, 06 Nov 1994 08:49:37 +0100", None),
+        (b"sun, 06 nov 1994 08:49:37 gmt", None),
+        (b"Sun, 06 Nov 1994 08:49:37", None),
+        (b"Sun, 06 Nov 94 08:49:37 GMT", None),
+        (b"Sun, 31 Feb 1994 08:49:37 GMT", None),
+        (b"Sun, 06 Nov 1994 25:49:37 GMT", None),
+        (b"garbage", None),
+        (b"", None),
+    ],
+)
+def test_parse_http_date_takes_the_three_formats_only(value: bytes, expected: float | None) -> None:
+    assert static.parse_http_date(value) == expected
+
+
 def test_content_types() -> None:
     assert content_type("a.html") == b"text/html; charset=utf-8"
     assert content_type("a.CSS") == b"text/css; charset=utf-8"
