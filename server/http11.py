@@ -34,8 +34,9 @@ on every request. ``feed(data, pos, limit)`` takes up to ``limit`` such requests
 Request lines and header blocks have their own caches for heads that differ.
 
 ``Upgrade`` is never honoured (RFC 9110 7.8 lets a server ignore it): the request is answered
-as HTTP/1.1 and is the connection's last; a body it declares is delivered like any other (llhttp,
-through httptools, would skip it; see ``_body_after_upgrade``). CONNECT is refused (405).
+as HTTP/1.1 and the connection goes on (nginx and Go do the same); a body it declares is
+delivered like any other (llhttp, through httptools, would skip it; see
+``_body_after_upgrade``). CONNECT is refused (405).
 
 Responses are built by :mod:`server.http11_response` (re-exported here).
 """
@@ -129,6 +130,17 @@ _fields_cache: dict[bytes, _Fields] = {}
 # that depend on the Config are checked on every request all the same (_Head.fits).
 _new_head = object.__new__  # (see the head-cache path of RequestParser.feed)
 _head_cache: dict[bytes, _Head] = {}
+
+
+def _keeps_alive(head: RequestHead) -> bool:
+    """Whether ``head`` lets the connection go on (RFC 9112 9.3: HTTP/1.1 unless a "close"
+    connection option, HTTP/1.0 only with "keep-alive")."""
+    options = [
+        o.strip().lower() for k, v in head.headers if k == b"connection" for o in v.split(b",")
+    ]
+    if head.http_version == "1.0":
+        return b"keep-alive" in options
+    return b"close" not in options
 
 
 def _remember(cache: dict[bytes, Any], key: bytes, value: Any) -> None:
@@ -402,14 +414,22 @@ class RequestParser:
         try:
             p.feed_data(piece)
         except httptools.HttpParserUpgrade:
-            # Upgrade: we speak only HTTP/1.1; answer this request (and its body), then close.
+            # Upgrade: we speak only HTTP/1.1 and ignore it (RFC 9110 7.8), as nginx and Go
+            # do: the request (and its body) is answered, and the connection goes on.
             self._cand = None
             events = self.events
             head = events[-2] if len(events) >= 2 else None
-            if type(head) is RequestHead:
-                head.keep_alive = False  # type: ignore[union-attr]  # its answer closes
-                if events[-1] is END and self._body_after_upgrade(head):  # type: ignore[arg-type]
+            if type(head) is RequestHead and events[-1] is END:
+                head.keep_alive = _keeps_alive(head)  # (llhttp says no for an upgrade)
+                self._reusable = False
+                if self._body_after_upgrade(head):
                     return end  # the body follows, parsed like any other
+                if head.keep_alive:
+                    self._p = None  # llhttp stopped at the upgrade: a fresh one for the next
+                    self._state = _HEAD
+                    self.begun = False
+                    self._tail = b""
+                    return end
             self._state = _DEAD
             self._tail = b""
             return n
@@ -437,7 +457,8 @@ class RequestParser:
         (``head``, then END, the last events) at its head. We never switch protocols (RFC 9110
         7.8 lets a server ignore Upgrade), so a declared body is still this request's (curl's
         h2c upgrade of a POST sends one): take back the END and parse the body with a fresh
-        llhttp parser that is given the framing alone. Returns whether there is a body.
+        llhttp parser that is given the framing alone (and then parses the requests that
+        follow, or refuses them after a last one). Returns whether there is a body.
         """
         chunked = head.get_header(b"transfer-encoding") is not None
         cl = int(head.get_header(b"content-length") or -1)
@@ -450,8 +471,9 @@ class RequestParser:
         framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % cl
         p = self._p = httptools.HttpRequestParser(self)
         self._cl = _FRAMING_ONLY  # on_headers_complete: a synthetic head, nothing to emit
-        # "connection: close": like any last message, llhttp refuses what would follow it
-        p.feed_data(b"POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n%s\r\n\r\n" % framing)
+        # a last message ("connection: close"): llhttp refuses what would follow it
+        close = b"" if head.keep_alive else b"connection: close\r\n"
+        p.feed_data(b"POST / HTTP/1.1\r\nhost: x\r\n%s%s\r\n\r\n" % (close, framing))
         if chunked:
             self._state = _BODY_CHUNKED
             self._framing = 0

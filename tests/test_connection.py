@@ -239,20 +239,24 @@ async def test_max_requests_per_connection() -> None:
         assert await c.closed()
 
 
-async def test_upgrade_request_is_the_connections_last() -> None:
-    """We do not switch protocols: an Upgrade request is answered as HTTP/1.1 with
-    ``Connection: close`` and the connection closes (what was pipelined after it is not read)."""
+async def test_upgrade_request_is_answered_and_the_connection_goes_on() -> None:
+    """We do not switch protocols (RFC 9110 7.8): an Upgrade request is answered as HTTP/1.1
+    and the connection goes on (what was pipelined after it is answered), as nginx and Go
+    do: a client offering h2c (``curl --http2`` over http://) keeps its connection."""
     async with running(echo) as port:
         c = await Raw.open(port)
         await c.send(get("/ws", b"Connection: upgrade\r\nUpgrade: websocket\r\n") + get("/next"))
         r = await c.response()
-        assert r.status == 200 and r.body == b"GET /ws "
-        assert r.headers[b"connection"] == b"close" and await c.closed()
+        assert r.status == 200 and r.body == b"GET /ws " and b"connection" not in r.headers
+        assert (await c.response()).body == b"GET /next "
+        await c.send(get("/again"))
+        assert (await c.response()).body == b"GET /again "
+        await c.close()
 
 
 async def test_upgrade_request_with_a_body_is_answered_with_it() -> None:
     """An h2c upgrade of a POST (what ``curl --http2 -d`` sends over http://): we stay on
-    HTTP/1.1, the handler gets the whole body, the response closes the connection."""
+    HTTP/1.1, the handler gets the whole body, the request after it is answered too."""
     async with running(echo) as port:
         c = await Raw.open(port)
         await c.send(
@@ -262,7 +266,8 @@ async def test_upgrade_request_with_a_body_is_answered_with_it() -> None:
         )
         r = await c.response()
         assert r.status == 200 and r.body == b"POST /form hello world"
-        assert r.headers[b"connection"] == b"close" and await c.closed()
+        assert (await c.response()).body == b"GET /after "
+        await c.close()
 
 
 async def test_max_requests_cuts_a_pipelined_batch() -> None:

@@ -271,11 +271,27 @@ def test_small_limits_from_config() -> None:
     )
 
 
-def test_upgrade_answered_then_dead() -> None:
-    p = RequestParser(CFG)
-    p.feed(b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
-    assert isinstance(p.events[0], RequestHead) and p.events[-1] is END
-    assert p.dead
+def test_upgrade_is_ignored_and_the_connection_goes_on() -> None:
+    """Upgrade is never honoured (RFC 9110 7.8): the request is answered as HTTP/1.1 and the
+    next request on the connection is parsed (nginx and Go do the same), unless the request
+    was a last one; at every split."""
+    up = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    data = up + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+    for i in range(1, len(data) + 1):
+        events = parse(data, splits=[i] if i < len(data) else None)
+        heads = [e for e in events if isinstance(e, RequestHead)]
+        assert [h.path for h in heads] == ["/", "/next"] and all(h.keep_alive for h in heads), i
+        assert events.count(END) == 2 and not any(isinstance(e, ProtocolError) for e in events)
+    for last in (b"Connection: upgrade, close", b"Connection: upgrade"):
+        version = b"1.0" if last == b"Connection: upgrade" else b"1.1"
+        p = RequestParser(CFG)
+        _feed_all(
+            p,
+            b"GET / HTTP/%s\r\nHost: h\r\nUpgrade: h2c\r\n%s\r\n\r\n" % (version, last)
+            + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+        )
+        head = p.events[0]
+        assert isinstance(head, RequestHead) and not head.keep_alive and p.dead
 
 
 @pytest.mark.parametrize(
@@ -285,11 +301,11 @@ def test_upgrade_answered_then_dead() -> None:
         (b"Transfer-Encoding: chunked\r\n", b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n", b"abcde"),
     ],
 )
-def test_upgrade_request_body_is_delivered_then_last(
+def test_upgrade_request_body_is_delivered_then_the_next_request(
     framing: bytes, body: bytes, chunks: bytes
 ) -> None:
     """We never switch protocols, so the body of an Upgrade request (curl's h2c upgrade of a
-    POST) is the request's own, at every split; the request is the connection's last."""
+    POST) is the request's own, at every split; the request after it is parsed."""
     data = (
         b"POST /up HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\n"
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n" + framing + b"\r\n" + body
@@ -298,11 +314,12 @@ def test_upgrade_request_body_is_delivered_then_last(
         events = parse(data, splits=[i] if i < len(data) else None)
         assert len(events) == 3, (i, events)
         head = events[0]
-        assert isinstance(head, RequestHead) and not head.keep_alive
+        assert isinstance(head, RequestHead) and head.keep_alive
         assert events[1] == chunks and events[2] is END
-    p = RequestParser(CFG)
-    _feed_all(p, data + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
-    assert not any(isinstance(e, RequestHead) and e.path == "/next" for e in p.events)
+    events = parse(data + b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [e.path for e in events if isinstance(e, RequestHead)] == ["/up", "/next"]
+    events = parse(data.replace(b"Upgrade, ", b"close, Upgrade, ") + b"GET /n HTTP/1.1\r\n\r\n")
+    assert [e.path for e in events if isinstance(e, RequestHead)] == ["/up"]  # a last one
 
 
 def test_reset_reuses_parser_state() -> None:
