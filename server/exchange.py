@@ -21,6 +21,12 @@ Rules every implementation keeps:
   (the body is then chunk-framed for it, never for an HTTP/1.0 client), never both; otherwise
   :class:`InvalidHeader` is raised before anything is sent, since a wrong length would make
   the client read the next response as part of this one;
+* a 1xx status is not an answer (:class:`InvalidHeader`); a 204 or 304 sends no body, also
+  when the handler streams one (it is counted, never sent);
+* ``client_closed`` / ``wait_client_closed()`` tell a handler that waits without writing that
+  the client has gone or sent its FIN; what it answers then is still sent;
+* a handler may go on after its response is complete (work after the answer): the connection
+  does not wait for it, and it is not cancelled when the client goes;
 * if the handler returns without responding, the connection answers 500 when nothing was sent
   (400 or 413 instead when the request body broke its framing or the size limit: ``receive``
   raised, and the handler took it as a disconnect), and aborts the connection when a response
