@@ -650,6 +650,8 @@ class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
         self._write_waiter = self._empty_waiter = None
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._loop is None:
+            return  # called already (as asyncio's own transports, it may be scheduled twice)
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)

@@ -496,7 +496,8 @@ class RequestParser:
             # (when the request line arrived in one piece with it: llhttp may stop earlier)
             token, sp, _ = (self._block or self._partial).lstrip(b"\r\n").partition(b" ")
             if sp and _is_token(token):
-                return ProtocolError(501, f"method {token.decode()} not implemented")
+                shown = token.decode() if len(token) <= 32 else token[:32].decode() + "..."
+                return ProtocolError(501, f"method {shown} not implemented")
             return ProtocolError(400, "invalid request method")
         if msg == "Invalid HTTP version":  # a well-formed HTTP/x.y other than 1.0, 1.1, 2.0
             return ProtocolError(505, "HTTP version not supported")
@@ -616,6 +617,8 @@ class RequestParser:
                 self._raise(400, "invalid request target")
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
+            if parsed.userinfo:  # (as a Host with one: RFC 9110 4.2.4)
+                self._raise(400, "userinfo in the request target")
             if parsed.host:  # (absolute-form: never cached, so this runs for each such head)
                 host = b"[%s]" % parsed.host if b":" in parsed.host else parsed.host
                 self._authority = host + b":%d" % parsed.port if parsed.port else host

@@ -164,6 +164,8 @@ def test_unknown_method_is_not_implemented() -> None:
         err = error_of(method + b" / HTTP/1.1\r\nHost: h\r\n\r\n")
         assert err.status == 501 and method.decode() in err.message, method
     assert error_of(b"G@T / HTTP/1.1\r\nHost: h\r\n\r\n").status == 400
+    err = error_of(b"X" * 5000 + b" / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert err.status == 501 and len(err.message) < 64  # (not echoed whole)
 
 
 def test_asterisk_form_target_is_for_options_only() -> None:
@@ -206,6 +208,7 @@ def test_asterisk_form_target_is_for_options_only() -> None:
         (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),  # invalid Host (RFC 9112 3.2)
         (b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: u@h\r\n\r\n", 400),
+        (b"GET http://u@h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # userinfo in the target
         (b"GET / HTTP/1.1\r\nHost: h:8x\r\n\r\n", 400),
         (b"GET / HTTP/1.0\r\nHost: a, b\r\n\r\n", 400),
         (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 405),
