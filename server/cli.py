@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from server.asgi import LifespanFailure
 from server.config import Config
 from server.exchange import MemoryAnswer, RequestHead
+from server.forwarded import trusted
 from server.pool import direct_call
 from server.routing import PathMemo
 from server.worker import only_makes_a_coroutine
@@ -278,6 +279,10 @@ def parse_args(
     values["static"] = tuple(ns.static)
     if (ns.ssl_certfile is None) != (ns.ssl_keyfile is None):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    try:
+        trusted(ns.forwarded_allow_ips)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     extra = {"lifespan": ns.lifespan, "root_path": ns.root_path}
     if ns.cache_control:
         extra["cache_control"] = ns.cache_control

@@ -72,6 +72,13 @@ class Config:
     #: The TOML file the settings were read from (server/settings.py), for the record.
     config_file: str | None = None
 
+    # --- behind a proxy (server/forwarded.py) ---
+    #: Take the client's address and scheme from X-Forwarded-For / X-Forwarded-Proto when the
+    #: peer is one of forwarded_allow_ips (as uvicorn's --proxy-headers, on by default).
+    proxy_headers: bool = True
+    #: Trusted proxies: comma-separated addresses or networks, "*" for any.
+    forwarded_allow_ips: str = "127.0.0.1"
+
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def with_(self, **changes: Any) -> Config:

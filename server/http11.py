@@ -51,6 +51,7 @@ import httptools
 
 from .config import Config
 from .exchange import RequestHead
+from .forwarded import Forwarded, forwarded, trusted
 from .http11_response import (
     LAST_CHUNK,
     FileSlice,
@@ -119,7 +120,7 @@ _VERSION_NAMES = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 # Parsed request lines and header blocks, keyed by their bytes: a keep-alive client repeats its
 # header block (and often its request line) on every request. Only valid ones are stored;
 # every limit that depends on the Config is checked outside. Bounded: cleared when full.
-_Fields = tuple[tuple[tuple[bytes, bytes], ...], int, bool, int, bool]
+_Fields = tuple[tuple[tuple[bytes, bytes], ...], int, bool, int, bool, Forwarded | None]
 _CACHE_ENTRIES = 256
 _CACHE_KEY_MAX = 2048
 _target_cache: dict[bytes, tuple[str, str, bytes, bytes, str]] = {}
@@ -163,7 +164,7 @@ _is_token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 class _Head:
     """A head in :data:`_head_cache`: the parse results and the sizes the limits apply to."""
 
-    __slots__ = ("expect", "fields", "fits_config", "hsize", "line", "target")
+    __slots__ = ("expect", "fields", "fits_config", "forwarded", "hsize", "line", "target")
 
     def __init__(
         self,
@@ -172,10 +173,12 @@ class _Head:
         expect: bool,
         line: int,
         hsize: int,
+        forwarded: Forwarded | None = None,
     ) -> None:
         self.target = target  # (method, path, raw_path, query, version)
         self.fields = fields
         self.expect = expect
+        self.forwarded = forwarded  # X-Forwarded-For/-Proto values, if any (server.forwarded)
         self.line = line  # request line length
         self.hsize = hsize  # header block length (CRLF before the first field to the end)
         self.fits_config: Config | None = None  # the last Config whose limits it was within
@@ -345,6 +348,8 @@ class RequestParser:
                 h.client = self.client
                 h.server = self.server
                 h.scheme = self.scheme
+                if hit.forwarded is not None:
+                    h.client, h.scheme = self._forwarded(hit.forwarded)
                 h.expect_continue = hit.expect
                 h._state = None
                 events.append(h)
@@ -529,7 +534,7 @@ class RequestParser:
         if len(block) - first > self._max_hsize + 4:
             self._raise(431, "request header block too large")
         tail = block[first:]
-        fields, hosts, te, cl, expect = _fields_cache.get(tail) or self._fields(tail)
+        fields, hosts, te, cl, expect, fwd = _fields_cache.get(tail) or self._fields(tail)
         if len(fields) > self._max_hcount:
             self._raise(431, "too many header fields")
         if version == "1.0":
@@ -558,7 +563,8 @@ class RequestParser:
         if not keep_alive:
             self._reusable = False
         elif cl <= 0 and not te:
-            self._cand = (block, _Head(target, fields, expect, first - start, len(tail)))
+            self._cand = (block, _Head(target, fields, expect, first - start, len(tail), fwd))
+        client, scheme = (self.client, self.scheme) if fwd is None else self._forwarded(fwd)
         self.events.append(
             RequestHead(
                 method,
@@ -568,9 +574,9 @@ class RequestParser:
                 version,
                 headers,
                 keep_alive,
-                self.client,
+                client,
                 self.server,
-                self.scheme,
+                scheme,
                 expect,
             )
         )
@@ -667,9 +673,26 @@ class RequestParser:
             for k, v in fields:
                 if k == b"host" and not _valid_host(v):
                     self._raise(400, "invalid Host header")
-        out = (fields, hosts, te, cl, expect)
+        fwd = None
+        if b"\r\nx-forwarded-" in lower:  # (counted only from a trusted proxy: _forwarded)
+            xff = b",".join([v for k, v in fields if k == b"x-forwarded-for"])
+            protos = [v for k, v in fields if k == b"x-forwarded-proto"]
+            if xff or protos:
+                fwd = (xff or None, protos[-1] if protos else None)
+        out = (fields, hosts, te, cl, expect, fwd)
         _remember(_fields_cache, tail, out)
         return out
+
+    def _forwarded(self, values: Forwarded) -> tuple[Any, str]:
+        """The request's client and scheme given its X-Forwarded-* ``values``: the proxy's
+        word when the peer is a trusted proxy (see :mod:`server.forwarded`), else the peer's."""
+        cfg = self.config
+        client = self.client
+        if cfg.proxy_headers and client is not None:
+            trust = trusted(cfg.forwarded_allow_ips)
+            if client[0] in trust:
+                return forwarded(values, client, self.scheme, trust)
+        return client, self.scheme
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)

@@ -35,6 +35,7 @@ from typing import Any
 
 from .config import Config
 from .exchange import AppHandler
+from .forwarded import trusted
 from .metrics import READY, Instrument, MetricsBoard, WorkerState
 from .pool import ConnectionPool
 
@@ -144,6 +145,7 @@ async def serve(
     """
     loop = asyncio.get_running_loop()
     ctx = ssl_context(config)
+    trusted(config.forwarded_allow_ips)  # (a bad value fails here, not on a request)
     pool = ConnectionPool(handler, config, scheme="https" if ctx else "http")
     server = await _listen(pool, config, ctx, reuse_port)
     if state is not None:
