@@ -51,6 +51,9 @@ ASGIApp = Callable[
 ]
 
 
+_ASGI = {"version": "3.0", "spec_version": "2.4"}
+
+
 class LifespanFailure(RuntimeError):
     """The application reported ``lifespan.startup.failed`` / ``shutdown.failed`` (or crashed
     in ``lifespan="on"`` mode)."""
@@ -140,7 +143,14 @@ class _Cycle:
             elif kind == "http.response.body":
                 if self.state == 0 and not message.get("more_body", False):
                     # the whole response in one message: one respond, no nested coroutine
-                    self._respond(message)
+                    status, headers, length = self._head()
+                    body = message.get("body", b"")
+                    if type(body) is not bytes:
+                        body = bytes(body)
+                    if length is not None and length != len(body):
+                        self._check_length(status, length, len(body))
+                    ex.respond(status, headers, body)
+                    self._finish()
                 else:
                     await self._body(message)
             elif kind == "http.response.pathsend":
@@ -150,23 +160,13 @@ class _Cycle:
         except ClientDisconnected as exc:
             raise OSError("client disconnected") from exc
 
-    def _respond(self, message: Message) -> None:
-        """The whole response in one ``http.response.body``: one ``respond``. A Content-Length
-        of the app's own must match the body (as when streamed; not for a HEAD, 204 or 304,
-        which send none)."""
-        status, headers, length = self._head()
-        body = bytes(message.get("body", b""))
-        if (
-            length is not None
-            and length != len(body)
-            and status not in (204, 304)
-            and self.exchange.head.method != "HEAD"
-        ):
+    def _check_length(self, status: int, length: int, size: int) -> None:
+        """A whole body of ``size`` bytes whose Content-Length from the app says ``length``:
+        refused (as when streamed), except for a HEAD, 204 or 304, which send no body."""
+        if status not in (204, 304) and self.exchange.head.method != "HEAD":
             raise RuntimeError(
-                f"response Content-Length {length} does not match its body ({len(body)} bytes)"
+                f"response Content-Length {length} does not match its body ({size} bytes)"
             )
-        self.exchange.respond(status, headers, body)
-        self._finish()
 
     def _head(self) -> tuple[int, list[tuple[bytes, bytes]], int | None]:
         start = self.start
@@ -192,10 +192,7 @@ class _Cycle:
         body = message.get("body", b"")
         more = message.get("more_body", False)
         ex = self.exchange
-        if self.state == 0:
-            if not more:
-                self._respond(message)
-                return
+        if self.state == 0:  # (with more_body: send() answers a whole body itself)
             status, headers, length = self._head()
             ex.start(status, headers, length)
             self.state = 1
@@ -255,7 +252,7 @@ class ASGIHandler:
         root = self.root_path
         scope: dict[str, Any] = {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},  # (the app may change its own)
+            "asgi": _ASGI.copy(),  # (the app may change its own; a copy beats a literal)
             "http_version": head.http_version,
             "method": head.method,
             "scheme": head.scheme,
@@ -330,11 +327,7 @@ class ASGIHandler:
     async def _run_lifespan(self) -> None:
         assert self._to_app is not None and self._from_app is not None
         to_app, from_app = self._to_app, self._from_app
-        scope = {
-            "type": "lifespan",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "state": self.state,
-        }
+        scope = {"type": "lifespan", "asgi": _ASGI.copy(), "state": self.state}
         started = False
 
         async def send(message: Message) -> None:
