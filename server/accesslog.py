@@ -53,13 +53,22 @@ def format_line(head: RequestHead, status: int | None, size: int, duration: floa
 class _Recorder:
     """An Exchange proxy that records status and body size."""
 
-    __slots__ = ("exchange", "head", "size", "status")
+    __slots__ = ("exchange", "head", "logged", "size", "status", "t0")
 
     def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self.head = exchange.head
         self.status: int | None = None  # status passed to respond/start
         self.size = 0  # body bytes handed to the exchange
+        self.t0 = time.perf_counter()
+        self.logged = False  # the line is written when the response is complete
+
+    def log(self, status: int | None) -> None:
+        """Write the request's line (once): when the response is complete, as uvicorn does,
+        not when a handler that works on after it (background tasks) returns."""
+        if not self.logged:
+            self.logged = True
+            log.info(format_line(self.head, status, self.size, time.perf_counter() - self.t0))
 
     async def receive(self) -> bytes:
         return await self.exchange.receive()
@@ -67,8 +76,9 @@ class _Recorder:
     def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         self.exchange.respond(status, headers, body)
         self.status = status
-        if self.head.method != "HEAD":
+        if self.head.method != "HEAD" and status not in (204, 304):
             self.size = len(body)
+        self.log(status)
 
     def start(
         self, status: int, headers: ResponseHeaders, content_length: int | None = None
@@ -88,6 +98,7 @@ class _Recorder:
 
     async def end(self) -> None:
         await self.exchange.end()
+        self.log(self.status)
 
     @property
     def response_started(self) -> bool:
@@ -109,7 +120,8 @@ class _Recorder:
 
 
 class AccessLogHandler:
-    """Wrap ``handler`` so each request is logged once it finishes."""
+    """Wrap ``handler`` so each request is logged once its response is complete (or, when it
+    never completes, once the handler ends)."""
 
     def __init__(self, handler: Any) -> None:
         self.handler = handler
@@ -119,7 +131,6 @@ class AccessLogHandler:
 
     async def __call__(self, exchange: Exchange) -> None:
         rec = _Recorder(exchange)
-        t0 = time.perf_counter()
         try:
             await self.handler(rec)
         except BaseException:
@@ -127,10 +138,11 @@ class AccessLogHandler:
                 rec.status = 500  # the connection layer answers 500
             raise
         finally:
-            status = rec.status
-            if status is None and not exchange.disconnected:
-                status = 500  # handler returned without responding: the connection answers 500
-            log.info(format_line(exchange.head, status, rec.size, time.perf_counter() - t0))
+            if not rec.logged:  # (not complete: an error, a disconnect, no answer at all)
+                status = rec.status
+                if status is None and not exchange.disconnected:
+                    status = 500  # returned without responding: the connection answers 500
+                rec.log(status)
 
     def __repr__(self) -> str:
         return f"<AccessLogHandler {self.handler!r}>"

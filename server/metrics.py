@@ -181,19 +181,27 @@ class WorkerState:
 class _Observed:
     """An Exchange proxy noting the status; adds ``Connection: close`` while draining."""
 
-    __slots__ = ("_close", "exchange", "head", "status")
+    __slots__ = ("_close", "done", "exchange", "head", "status")
 
     def __init__(self, exchange: Exchange, close: bool) -> None:
         self.exchange = exchange
         self.head = exchange.head
         self.status = 0  # status passed to respond/start, 0 = none yet
         self._close = close  # add Connection: close
+        # when the response was complete (0.0: not yet): a request's duration ends there, not
+        # when a handler that works on after it (background tasks) returns
+        self.done = 0.0
 
     def respond(self, status: int, headers: ResponseHeaders, body: bytes) -> None:
         if self._close:
             headers = [*headers, (b"connection", b"close")]
         self.exchange.respond(status, headers, body)
         self.status = status
+        self.done = time.perf_counter()
+
+    async def end(self) -> None:
+        await self.exchange.end()
+        self.done = time.perf_counter()
 
     def start(
         self, status: int, headers: ResponseHeaders, content_length: int | None = None
@@ -262,7 +270,7 @@ class Instrument:
             status = obs.status
             if not status:
                 status = 500 if not exchange.disconnected else 499
-            self._count(status, time.perf_counter() - t0)
+            self._count(status, (obs.done or time.perf_counter()) - t0)
 
     def _count(self, status: int, duration: float) -> None:
         w = self.state.board.words  # type: ignore[union-attr]

@@ -166,6 +166,32 @@ async def test_access_log_wraps_raw_handler(caplog: pytest.LogCaptureFixture) ->
     assert "AccessLogHandler" in repr(handler)
 
 
+async def test_access_log_line_when_the_response_is_complete(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that works on after its answer (background tasks) is logged when the answer
+    is complete, once, with the time to that point; not when it finally returns."""
+    gate = asyncio.Event()
+
+    async def answer_then_work(exchange: Any) -> None:
+        exchange.respond(200, [], b"done")
+        await gate.wait()
+
+    handler = AccessLogHandler(answer_then_work)
+    with caplog.at_level(logging.INFO, logger="server.access"):
+        ex = MemoryExchange(build_head("GET", "/bg"))
+        task = asyncio.ensure_future(handler(ex))
+        for _ in range(100):
+            if ex.ended:
+                break
+            await asyncio.sleep(0)
+        lines = [r.getMessage() for r in caplog.records if r.name == "server.access"]
+        assert len(lines) == 1 and '"GET /bg HTTP/1.1" 200 4 ' in lines[0]
+        gate.set()
+        await task
+    assert len([r for r in caplog.records if r.name == "server.access"]) == 1
+
+
 async def test_async_client_concurrent_requests() -> None:
     app = App()
     gate = asyncio.Event()
