@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from helpers import until
 from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, HALF_CLOSED, LIMIT, send_raw
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -583,10 +584,7 @@ async def test_e2e_background_tasks_run_after_the_answer_without_holding_the_con
         await asyncio.sleep(0.1)
         assert done == []
         release.set()
-        for _ in range(100):
-            if len(done) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(done) == 2)
         assert sorted(done) == ["a", "b"]
 
 
@@ -623,9 +621,6 @@ async def test_e2e_client_that_closes_is_seen_as_a_disconnect() -> None:
             await asyncio.sleep(0.05)
             assert seen == [] or seen[-1] != expected
             c.writer.write_eof()
-            for _ in range(200):
-                if seen and seen[-1] == expected:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: bool(seen) and seen[-1] == expected)  # noqa: B023
             assert seen[-1] == expected
             await c.close()

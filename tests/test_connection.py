@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import until
 
 from server.config import Config
 from server.exchange import ClientDisconnected, Exchange, RequestHead
@@ -1056,10 +1057,7 @@ async def test_work_after_the_answer_does_not_hold_the_connection() -> None:
         await asyncio.sleep(0.1)
         assert log == []
         release.set()
-        for _ in range(100):
-            if len(log) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(log) == 3)
         assert sorted(log) == [f"/bg{i} done in /bg{i}" for i in (1, 2, 3)]
         # shutdown waits for such work (up to graceful_timeout)
         release.clear()
@@ -1095,10 +1093,7 @@ async def test_wait_client_closed_sees_a_fin_and_a_reset() -> None:
         await c.send(get("/rst"))
         await asyncio.sleep(0.05)
         c.reset()
-        for _ in range(100):
-            if len(seen) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(seen) == 2)
         assert seen[1] == ("/rst", True)
 
 

@@ -42,6 +42,15 @@ def loop_factories(all_pollers: bool = True) -> dict[str, LoopFactory]:
     return out
 
 
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds or ``timeout`` passes (the caller then
+    asserts what it expects, so a timeout fails there with the state it saw)."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
 def is_netpoll(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.split(".")[0] == "netpoll"
 
