@@ -31,7 +31,6 @@ class Trusted:
     def __init__(self, spec: str) -> None:
         items = [item.strip() for item in spec.split(",") if item.strip()]
         self.any = "*" in items
-        self.hosts: frozenset[str] = frozenset()
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         hosts = set()
         for item in items:
@@ -45,7 +44,7 @@ class Trusted:
                 hosts.add(str(net.network_address))
             else:
                 self.networks.append(net)
-        self.hosts = frozenset(hosts)
+        self.hosts: frozenset[str] = frozenset(hosts)
 
     def __contains__(self, host: str) -> bool:
         if self.any or host in self.hosts:

@@ -55,6 +55,7 @@ from .forwarded import Forwarded, forwarded, trusted
 from .http11_response import (
     LAST_CHUNK,
     FileSlice,
+    _is_token,
     chunk_frame,
     date_header,
     declared_length,
@@ -158,7 +159,6 @@ _valid_host = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+\]"
     rb"|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z"
 ).match
-_is_token = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 
 
 class _Head:
