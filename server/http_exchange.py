@@ -95,8 +95,9 @@ class HttpExchange:
         self._pending_head: bytes | None = None  # head of a started response, not yet written
         self._drained = -1  # >= 0 once retired with its body unread: bytes discarded
         # Set by start(), read only after it (not made per request): _no_body (a HEAD, a 204
-        # or a 304: body writes are counted, never sent), _chunked (writes are chunk-framed), _declared (the Content-Length
-        # announced) and _sent (body bytes sent; respond() sets it too).
+        # or a 304: body writes are counted, never sent), _chunked (writes are chunk-framed),
+        # _declared (the Content-Length announced) and _sent (body bytes sent; respond() sets
+        # it too).
         self._no_body: bool
         self._sent: int
         self._chunked: bool

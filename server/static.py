@@ -168,9 +168,8 @@ def parse_http_date(value: bytes) -> float | None:
         day, mon, yy, hh, mm, ss = m.groups()
         # a two-digit year more than 50 years ahead is the last such year in the past
         now = time.gmtime().tm_year
-        year = b"%d" % (now - now % 100 + int(yy))
-        if int(year) > now + 50:
-            year = b"%d" % (int(year) - 100)
+        full = now - now % 100 + int(yy)
+        year = b"%d" % (full - 100 if full > now + 50 else full)
     if m is not None:
         try:
             stamp = datetime.datetime(  # (validates the day of the month, the hour, ...)
