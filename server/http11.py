@@ -21,7 +21,8 @@ header internally; an incomplete head is bounded by our own byte count.
 httptools 0.9 accepts some framing we must refuse ourselves (DESIGN.md): size and count limits
 (414/431/413), ``Transfer-Encoding`` other than exactly ``chunked`` (501), ``Transfer-Encoding``
 on HTTP/1.0, missing, duplicate or invalid ``Host`` on HTTP/1.1, a space inside the target
-(``GET /a  HTTP/1.1``), huge chunk extensions (400), versions other than 1.0/1.1 (505). A
+(``GET /a  HTTP/1.1``), huge chunk extensions (400), versions other than 1.x (505; 1.2 to
+1.9 are handled as 1.1, RFC 9110 2.5, so llhttp is given such a head again rewritten). A
 method token llhttp does not know is answered 501. Its lenient flags are never enabled. An
 absolute-form target's authority replaces the ``Host`` field (RFC 9112 3.2.2).
 
@@ -118,6 +119,9 @@ _STATE_NAMES = {_HEAD: "head", _BODY_CL: "body", _BODY_CHUNKED: "chunked", _DEAD
 _FRAMING_ONLY = -2  # RequestParser._cl while a synthetic framing-only head is fed (upgrade)
 _VERSIONS = {"1.1", "1.0"}
 _VERSION_NAMES = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+_NEWER_MINOR = re.compile(rb" HTTP/1\.[2-9]\Z")  # handled as HTTP/1.1 (see _as_http11)
+_NEWER_MINOR_SO_FAR = re.compile(rb" HTTP/1\.[2-9]\r?\Z")  # ... if a CRLF follows
+_BAD_VERSION = "Invalid HTTP version"  # llhttp's error for a well-formed, unknown version
 # Parsed request lines and header blocks, keyed by their bytes: a keep-alive client repeats its
 # header block (and often its request line) on every request. Only valid ones are stored;
 # every limit that depends on the Config is checked outside. Bounded: cleared when full.
@@ -205,7 +209,7 @@ class RequestParser:
     """Incremental request parser; see the module docstring for the feeding contract."""
 
     __slots__ = (
-        "_authority begun _block _body_len _cand _cl _error _framing _head_bytes _max_body "
+        "_authority begun _block _body_len _cand _cl _error _framing _head_bytes _held_back _max_body "
         "_max_hcount _max_hsize _max_line _p _partial _reusable _state _tail client "
         "config events messages scheme server"
     ).split()
@@ -228,6 +232,7 @@ class RequestParser:
         self._cand: tuple[bytes, _Head] | None = None  # a head to cache once llhttp accepted it
         # host[:port] of an absolute-form target, from _target to on_headers_complete
         self._authority: bytes | None = None
+        self._held_back = False  # llhttp has not seen the head held so far (_as_http11)
         self._max_line = config.max_request_line
         self._max_hsize = config.max_header_size
         self._max_hcount = config.max_header_count
@@ -256,6 +261,7 @@ class RequestParser:
             self._p = None
             self._reusable = True
         self._authority = None
+        self._held_back = False
         self.client = client
         self.server = server
         self.events = []
@@ -414,10 +420,34 @@ class RequestParser:
         body_before = self._body_len
         piece = data if (pos == 0 and end == n) else memoryview(data)[pos:end]
         p = self._p
-        if p is None:  # dropped while idle (shrink) or after a dirty reset
+        if p is None:  # dropped while idle (shrink), after a dirty reset, or held back
             p = self._p = httptools.HttpRequestParser(self)
+            if self._held_back:  # llhttp gets the whole head once its request line is whole
+                again = self._as_http11()
+                if again == b"":
+                    self._p = None
+                    return end
+                self._held_back = False
+                # (not HTTP/1.2 to 1.9 after all: llhttp refuses the head as it came)
+                piece = again or self._block or self._partial
         try:
-            p.feed_data(piece)
+            try:
+                p.feed_data(piece)
+            except httptools.HttpParserError as exc:
+                # HTTP/1.2 to 1.9: llhttp refuses a minor version it does not know (as soon as
+                # its digit arrives), but RFC 9110 2.5 says to handle it as the highest one we
+                # implement: a fresh llhttp is given the head held so far, as HTTP/1.1
+                again = None
+                if state == _HEAD and self._error is None and str(exc) == _BAD_VERSION:
+                    again = self._as_http11()
+                if again is None:
+                    raise
+                if again:
+                    p = self._p = httptools.HttpRequestParser(self)
+                    p.feed_data(again)
+                else:  # the request line is not whole yet: the next bytes decide
+                    self._p = None
+                    self._held_back = True
         except httptools.HttpParserUpgrade:
             # Upgrade: we speak only HTTP/1.1 and ignore it (RFC 9110 7.8), as nginx and Go
             # do: the request (and its body) is answered, and the connection goes on.
@@ -488,6 +518,26 @@ class RequestParser:
         self._tail = b""
         return True
 
+    def _as_http11(self) -> bytes | None:
+        """The head held so far, its request line's ``HTTP/1.x`` (x = 2..9) made ``HTTP/1.1``;
+        ``b""`` while the line may still turn out so (it has not ended yet); None when it is
+        not such a line. Whether the line ended there is decided on whole lines only, so the
+        answer does not depend on how the head was split into reads."""
+        held = self._block or self._partial
+        start = len(held) - len(held.lstrip(b"\r\n"))
+        end = held.find(b"\r\n", start)
+        if end < 0:
+            return b"" if _NEWER_MINOR_SO_FAR.search(held, start) else None
+        if _NEWER_MINOR.search(held, start, end) is None:
+            return None
+        at = end - 1  # the minor digit
+        again = held[:at] + b"1" + held[at + 1 :]
+        if self._block:
+            self._block = again
+        else:
+            self._partial = again
+        return again
+
     def _fail(self, err: ProtocolError) -> None:
         self._state = _DEAD
         self._tail = b""
@@ -504,7 +554,7 @@ class RequestParser:
                 shown = token.decode() if len(token) <= 32 else token[:32].decode() + "..."
                 return ProtocolError(501, f"method {shown} not implemented")
             return ProtocolError(400, "invalid request method")
-        if msg == "Invalid HTTP version":  # a well-formed HTTP/x.y other than 1.0, 1.1, 2.0
+        if msg == _BAD_VERSION:  # a well-formed HTTP/x.y other than 1.x, 2.0
             return ProtocolError(505, "HTTP version not supported")
         if "Transfer-Encoding" in msg and "Content-Length" not in msg:
             return ProtocolError(501, "unsupported Transfer-Encoding")

@@ -108,6 +108,22 @@ async def test_bad_request_after_good_pipelined() -> None:
         assert await c.closed()
 
 
+async def test_newer_minor_version_is_answered_as_http11() -> None:
+    """HTTP/1.2 to 1.9 are handled as 1.1 (RFC 9110 2.5): answered, kept alive, the body read;
+    another major version is a 505 and closes."""
+    async with running(echo) as port:
+        c = await Raw.open(port)
+        await c.send(b"POST /a HTTP/1.2\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        await c.send(b"GET /b HTTP/1.9\r\nHost: t\r\n\r\n")
+        r = await c.response()
+        assert r.status == 200 and r.body == b"POST /a hi" and r.head.startswith(b"HTTP/1.1 ")
+        r = await c.response()
+        assert r.status == 200 and r.body == b"GET /b "
+        await c.send(b"GET / HTTP/2.0\r\nHost: t\r\n\r\n")
+        assert (await c.response()).status == 505
+        assert await c.closed()
+
+
 async def test_header_trickle_408() -> None:
     async with running(echo, header_timeout=0.5) as port:
         c = await Raw.open(port)

@@ -176,6 +176,28 @@ def test_asterisk_form_target_is_for_options_only() -> None:
     assert err.status == 400 and "only valid for OPTIONS" in err.message
 
 
+def test_a_newer_minor_version_is_handled_as_http11() -> None:
+    """RFC 9110 2.5: HTTP/1.2 to 1.9 are processed as HTTP/1.1 (as nginx and Go do), also the
+    next request on the connection, whatever the split; llhttp itself refuses them."""
+    data = (
+        b"\r\nPOST /a HTTP/1.9\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /b HTTP/1.2\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    for i in range(len(data)):
+        for j in range(i, len(data), 7):
+            events = parse(data, splits=[i, j])
+            assert not any(isinstance(e, ProtocolError) for e in events), (i, j, events)
+            heads = [e for e in events if isinstance(e, RequestHead)]
+            assert [(h.path, h.http_version, h.keep_alive) for h in heads] == [
+                ("/a", "1.1", True),
+                ("/b", "1.1", True),
+                ("/c", "1.1", True),
+            ], (i, j)
+            assert [e for e in events if type(e) is bytes] == [b"abc", b"xyz"], (i, j)
+    assert error_of(b"GET / HTTP/1.2\r\n\r\n").message == "missing Host header"
+
+
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
@@ -202,7 +224,8 @@ def test_asterisk_form_target_is_for_options_only() -> None:
         ),
         (b"\x00\x01garbage\r\n\r\n", 400),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
-        (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/1.12\r\nHost: a\r\n\r\n", 400),  # (HTTP-version: one digit each)
+        (b"GET / HTTP/1.2\rX\r\nHost: a\r\n\r\n", 505),  # not HTTP/1.2 then CRLF
         (b"GET / HTTP/3.0\r\nHost: a\r\n\r\n", 505),
         (b"GET /a  HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # the target would hold a space
         (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),  # invalid Host (RFC 9112 3.2)
