@@ -153,7 +153,9 @@ class StaticFiles:
             return
         key = self._keys.get(rel, _UNSEEN)
         if key is _UNSEEN:  # split and check each URL remainder once (a bounded memo)
-            segs = static.split_path(rel, allow_dotfiles=self.dotfiles)
+            # (a run of slashes is one, as nginx's merge_slashes: ``//a`` is ``/a``; the
+            # segments never leave the root whatever they are)
+            segs = static.split_path(rel.lstrip("/"), allow_dotfiles=self.dotfiles)
             key = None if segs is None else "/".join(segs)
             if len(rel) <= _KEY_LEN_MAX:  # long ones are not kept: at most ~2 MiB in all
                 if len(self._keys) >= _KEYS_MAX:

@@ -308,6 +308,22 @@ async def test_directory_redirect_stays_on_this_host(tree: tuple[Path, dict[str,
     assert status == 404 or (status == 308 and h["location"] == "/sub/?x=1"), (status, h)
 
 
+async def test_runs_of_slashes_are_merged(tree: tuple[Path, dict[str, bytes]]) -> None:
+    """As nginx's merge_slashes: ``//a`` and ``/s//a`` are ``/a`` and ``/s/a``."""
+    root, files = tree
+    app = App()
+    app.static("/s", root)
+    app.static("/", root)
+    async with live_server(app) as url:
+        for target, body in [
+            ("//small.txt", files["small.txt"]),
+            ("///sub//", b"<p>sub index</p>\n"),
+            ("/s//small.txt", files["small.txt"]),
+        ]:
+            assert (await afetch(url, target))[::2] == (200, body), target
+        assert (await afetch(url, "/s//sub//../small.txt"))[0] == 404  # ``..`` is still refused
+
+
 async def test_directories(tree: tuple[Path, dict[str, bytes]]) -> None:
     root, _ = tree
     async with live_server(static_app(root)) as url:
