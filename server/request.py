@@ -46,14 +46,15 @@ class Headers:
 
     def __init__(self, raw: RawHeaders | HeaderInit = None, *, lowercase: bool = False) -> None:
         # raw: list of (lower-case name, value) bytes pairs, wire order, duplicates kept.
-        # lowercase=True: the caller guarantees lower-case names (parsed request headers).
+        # lowercase=True: the caller guarantees lower-case names and gives the list away
+        # (parsed request headers); any other list is copied, so that mutating these headers
+        # never changes the caller's list (often a constant shared by every response).
         if raw is None:
             self.raw: RawHeaders = []
+        elif lowercase:
+            self.raw = raw  # type: ignore[assignment]
         elif isinstance(raw, list) and (not raw or isinstance(raw[0][0], bytes)):
-            if lowercase or all(k == k.lower() for k, _ in raw):
-                self.raw = raw  # type: ignore[assignment]
-            else:
-                self.raw = [(k.lower(), v) for k, v in raw]  # type: ignore[misc]
+            self.raw = [(k.lower(), v) for k, v in raw]  # type: ignore[misc]
         else:
             items = raw.items() if isinstance(raw, Mapping) else raw
             self.raw = [(_b(k).lower(), _b(v)) for k, v in items]

@@ -25,7 +25,9 @@ import os
 import stat
 import sys
 import termios
+import time
 from collections.abc import AsyncIterable, Iterable
+from datetime import datetime
 from email.utils import formatdate
 from http.cookies import SimpleCookie
 from typing import Any, ClassVar
@@ -121,23 +123,28 @@ class Response:
         value: str = "",
         *,
         max_age: int | None = None,
-        expires: int | str | None = None,
+        expires: int | datetime | str | None = None,
         path: str | None = "/",
         domain: str | None = None,
         secure: bool = False,
         httponly: bool = False,
         samesite: str | None = "lax",
     ) -> None:
-        """Append a ``Set-Cookie`` header (values are quoted as ``http.cookies`` does)."""
+        """Append a ``Set-Cookie`` header (values are quoted as ``http.cookies`` does).
+
+        ``expires``: seconds from now (an ``int``, as in Starlette), an aware ``datetime``, or
+        the attribute's text as it is sent."""
         cookie: SimpleCookie = SimpleCookie()
         cookie[key] = value
         morsel = cookie[key]
         if max_age is not None:
             morsel["max-age"] = max_age
         if expires is not None:
-            morsel["expires"] = (
-                formatdate(expires, usegmt=True) if isinstance(expires, int) else expires
-            )
+            if isinstance(expires, datetime):
+                expires = formatdate(expires.timestamp(), usegmt=True)
+            elif isinstance(expires, int):
+                expires = formatdate(time.time() + expires, usegmt=True)
+            morsel["expires"] = expires
         if path is not None:
             morsel["path"] = path
         if domain is not None:

@@ -4,8 +4,10 @@ middleware, hooks and error handlers."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -386,6 +388,35 @@ async def test_response_kinds(tmp_path: Path) -> None:
         assert (await c.get("/file/missing.txt")).status_code == 404
         r = await c.get("/download")
         assert "attachment" in r.headers["content-disposition"]
+
+
+def test_response_headers_never_change_the_list_they_were_given() -> None:
+    """A header list shared by many responses (a module constant) stays as it was: cookies
+    set on one response must never show up on another one's."""
+    shared = [(b"cache-control", b"no-store")]
+    app = App()
+
+    @app.get("/login/{user}")
+    async def login(request: Request) -> Response:
+        r = Response("in", headers=shared)
+        r.set_cookie("session", request.path_params["user"], expires=3600)
+        r.headers["x-user"] = request.path_params["user"]
+        return r
+
+    @app.get("/public")
+    async def public(request: Request) -> Response:
+        return Response("hi", headers=shared)
+
+    with TestClient(app) as c:
+        r = c.get("/login/alice")
+        [cookie] = r.headers.getlist("set-cookie")
+        assert cookie.startswith("session=alice")
+        expires = email.utils.parsedate_to_datetime(cookie.split("expires=")[1].split(";")[0])
+        assert 3500 < expires.timestamp() - time.time() < 3700  # seconds from now
+        c.get("/login/bob")
+        r = c.get("/public")
+        assert r.headers.getlist("set-cookie") == [] and "x-user" not in r.headers
+    assert shared == [(b"cache-control", b"no-store")]
 
 
 def test_invalid_response_header_is_500(caplog: pytest.LogCaptureFixture) -> None:
