@@ -105,7 +105,8 @@ class App:
         self.middlewares: list[Middleware] = []  # registration order, first is outermost
         self.startup_hooks: list[Callable[[], Any]] = []
         self.shutdown_hooks: list[Callable[[], Any]] = []
-        self.exception_handlers: dict[type[BaseException], ExceptionHandler] = {}
+        # by exception class, or by status for HTTPException (also the router's 404 and 405)
+        self.exception_handlers: dict[type[BaseException] | int, ExceptionHandler] = {}
         self._chain: CallNext | None = None  # built middleware chain, None when no middleware
         self._static = self.router.static  # same dict, bound for the fast path
         self._mounts: list[str] = []  # "prefix/" of each static mount (see answer_from_memory)
@@ -164,7 +165,14 @@ class App:
         self.shutdown_hooks.append(func)
         return func
 
-    def exception_handler(self, exc_type: type[BaseException]) -> Callable[[F], F]:
+    def exception_handler(self, exc_type: type[BaseException] | int) -> Callable[[F], F]:
+        """Decorator: ``async def handler(request, exc)`` answers ``exc_type`` (and its
+        subclasses), or with a status code, every :class:`HTTPException` of that status
+        (``404`` and ``405`` include requests no route matches), as in Starlette. The most
+        specific handler wins: a status before a class, and an ``HTTPException`` (or a body
+        over its limit) keeps its own answer unless a handler names it or a subclass, so a
+        catch-all ``Exception`` handler does not turn a 404 into a 500."""
+
         def decorator(func: F) -> F:
             self.exception_handlers[exc_type] = func
             return func
@@ -318,39 +326,40 @@ class App:
             elif ep is not None:
                 await self._send(exchange, await ep.func(request))
             else:
-                self._unrouted(request, allow).respond_now(exchange)
+                await self._send(exchange, await self._unrouted(request, allow))
         except Exception as exc:
             await self._error(exchange, request, exc)
 
-    def _unrouted(self, request: Request, allow: list[str]) -> Response:
-        if request.head.raw_path == b"*":  # asterisk-form: the parser lets only OPTIONS through
+    async def _unrouted(self, request: Request, allow: list[str]) -> Response:
+        """The answer when no route takes the request: 404 or 405 (as an HTTPException, so
+        that its handlers apply), or a redirect to the routed trailing-slash spelling."""
+        head = request.head
+        if head.raw_path == b"*":  # asterisk-form: the parser lets only OPTIONS through
             # "OPTIONS *": about the server, not a resource (RFC 9110 9.3.7): 200, what it answers
             return Response(b"", 200, [(b"allow", ", ".join(self.router.methods()).encode())])
         if allow:
-            return Response(
-                "Method Not Allowed",
-                405,
-                [(b"allow", ", ".join(allow).encode())],
-                "text/plain; charset=utf-8",
-            )
-        other = self.router.redirect_slash(request.path)
-        if other is not None and request.method in (
-            "GET",
-            "HEAD",
-            "POST",
-            "PUT",
-            "PATCH",
-            "DELETE",
-        ):
-            qs = request.head.query_string
-            return RedirectResponse(other + ("?" + qs.decode("latin-1") if qs else ""), 308)
-        return Response("Not Found", 404, None, "text/plain; charset=utf-8")
+            exc = HTTPException(405, headers={"allow": ", ".join(allow)})
+        elif request.method in _REDIRECTED and self.router.redirect_slash(request.path):
+            # the Location is the path as it was sent (percent-encoded: a decoded %3F or %23
+            # would become a query or a fragment), with one leading slash (``//x`` would be
+            # another host)
+            raw = head.raw_path
+            raw = raw[:-1] if raw.endswith(b"/") else raw + b"/"
+            location = "/" + raw.decode("latin-1").lstrip("/")
+            if head.query_string:
+                location += "?" + head.query_string.decode("latin-1")
+            return RedirectResponse(location, 308)
+        else:
+            exc = HTTPException(404)
+        response = await self._handled(request, exc)
+        assert response is not None  # (an HTTPException always has an answer)
+        return response
 
     async def _innermost(self, request: Request) -> Response:
         ep = request.endpoint
         if ep is None:
             _, _, allow = self.router.lookup(request.method, request.path)
-            return self._unrouted(request, allow)
+            return await self._unrouted(request, allow)
         try:
             return to_response(await ep.func(request))
         except Exception as exc:
@@ -369,8 +378,18 @@ class App:
 
     async def _handled(self, request: Request, exc: Exception) -> Response | None:
         """The response for a known exception, or None if nothing handles it."""
-        for cls in type(exc).__mro__:
-            handler = self.exception_handlers.get(cls)
+        handlers = self.exception_handlers
+        if handlers:
+            handler = None  # a handler of the status first
+            if isinstance(exc, HTTPException):
+                handler = handlers.get(exc.status)
+            elif isinstance(exc, BodyTooLarge):
+                handler = handlers.get(413)
+            if handler is None:
+                for cls in type(exc).__mro__:
+                    handler = handlers.get(cls)
+                    if handler is not None or cls is HTTPException or cls is BodyTooLarge:
+                        break  # (these two answer themselves before any base class handler)
             if handler is not None:
                 return to_response(await handler(request, exc))
         if isinstance(exc, HTTPException):
@@ -411,6 +430,9 @@ class App:
             f"<App routes={len(self.router.static)}+{len(self.router.dynamic)} "
             f"middleware={len(self.middlewares)} hooks={len(self.startup_hooks)}/{len(self.shutdown_hooks)}>"
         )
+
+
+_REDIRECTED = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))
 
 
 def _wrap(mw: Middleware, nxt: CallNext) -> CallNext:

@@ -29,7 +29,7 @@ import json as jsonlib
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlencode, urlsplit
 
 from server.config import Config
 from server.exchange import (
@@ -262,6 +262,9 @@ async def run_exchange(handler: Any, exchange: MemoryExchange) -> bool:
     return not exchange.ended
 
 
+_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"  # visible ASCII a request target may hold as it is
+
+
 def build_head(
     method: str,
     url: str,
@@ -273,10 +276,13 @@ def build_head(
     client: tuple[str, int] = ("testclient", 50000),
     http_version: str = "1.1",
 ) -> RequestHead:
-    """A :class:`RequestHead` as the connection layer would parse it for this request."""
+    """A :class:`RequestHead` as the connection layer would parse it for this request.
+
+    As httpx sends a URL: characters that may not appear in a request target (non-ASCII, as
+    UTF-8, space, ``"<>\\^`{|}``) are percent-encoded, escapes already there are kept."""
     parts = urlsplit(url)
-    raw_path = (parts.path or "/").encode("latin-1")
-    query = parts.query
+    raw_path = quote(parts.path or "/", safe=_TARGET_SAFE).encode("ascii")
+    query = quote(parts.query, safe=_TARGET_SAFE)
     if params:
         extra = urlencode(
             list(params.items()) if isinstance(params, Mapping) else list(params), doseq=True
@@ -297,7 +303,7 @@ def build_head(
     )
     return RequestHead(
         method=method.upper(),
-        path=unquote(raw_path.decode("latin-1")),
+        path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),  # as the parser does
         raw_path=raw_path,
         query_string=query.encode("latin-1"),
         http_version=http_version,

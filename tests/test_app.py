@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 from helpers.bodies import BODY_TIMEOUT, BROKEN_BODIES, HALF_CLOSED, LIMIT, send_raw
@@ -169,6 +171,30 @@ def test_trailing_slash_redirects(client: TestClient) -> None:
     assert r.status_code == 308
     assert r.headers["location"] == "/users/5"
     assert client.get("/slash/").text == "slash"
+
+
+def test_trailing_slash_redirect_keeps_the_path_as_sent() -> None:
+    """The Location is the request's own (percent-encoded) path: decoding it first would turn
+    %3F into a query, %23 into a fragment and %25 into another escape."""
+    app = App()
+
+    @app.get("/s/{name}/")
+    async def named(request: Request) -> str:
+        return request.path_params["name"]
+
+    @app.get("/{rest:path}/x/")
+    async def rest(request: Request) -> str:
+        return request.path_params["rest"]
+
+    with TestClient(app) as c:
+        for sent, name in [("what%3F", "what?"), ("a%23b", "a#b"), ("%2541", "%41"), ("é", "é")]:
+            r = c.get(f"/s/{sent}?q=1")
+            assert r.status_code == 308, sent
+            location = r.headers["location"]
+            assert location == f"/s/{quote(sent, safe='%')}/?q=1", (sent, location)
+            assert c.get(location).text == name, sent
+        assert c.get("/s/☃").headers["location"] == "/s/%E2%98%83/"
+        assert c.get("/s/%E2%98%83/").text == "☃"
 
 
 def test_router_pattern_errors() -> None:
@@ -543,6 +569,65 @@ async def test_error_handlers(caplog: pytest.LogCaptureFixture) -> None:
         assert r.aborted and r.status_code == 200
 
 
+async def test_most_specific_error_handler_wins() -> None:
+    """As in Starlette: a handler of a status takes the HTTPExceptions of that status, the
+    router's 404 and 405 included (also under middleware, which sees the response), and a
+    catch-all ``Exception`` handler leaves HTTPException and a too large body their answers."""
+    app = App()
+    seen: list[str] = []
+
+    @app.exception_handler(Exception)
+    async def anything(request: Request, exc: Exception) -> Response:
+        return Response("caught", 500)
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"missing": request.path}, status=404)
+
+    @app.get("/raise/{status:int}")
+    async def raising(request: Request) -> str:
+        raise HTTPException(request.path_params["status"], "as raised")
+
+    @app.post("/json")
+    async def js(request: Request) -> object:
+        return await request.json()
+
+    @app.get("/boom")
+    async def boom(request: Request) -> str:
+        raise RuntimeError("x")
+
+    async with AsyncTestClient(app) as c:
+        r = await c.get("/nowhere")
+        assert r.status_code == 404 and r.json() == {"missing": "/nowhere"}
+        r = await c.get("/raise/404")
+        assert r.status_code == 404 and r.json() == {"missing": "/raise/404"}
+        r = await c.get("/raise/409")
+        assert r.status_code == 409 and r.text == "as raised"
+        r = await c.post("/json", content=b"{oops")
+        assert r.status_code == 400
+        r = await c.post("/boom")
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+        r = await c.get("/boom")
+        assert r.status_code == 500 and r.text == "caught"
+
+        @app.exception_handler(405)
+        async def not_allowed(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, HTTPException) and exc.headers is not None
+            return Response("no " + request.method, 405, exc.headers)
+
+        @app.middleware
+        async def tag(request: Request, call_next: Any) -> Response:
+            response = await call_next(request)
+            seen.append(f"{request.path} {response.status}")
+            return response
+
+        r = await c.post("/boom")
+        assert (r.status_code, r.text, r.headers["allow"]) == (405, "no POST", "GET, HEAD")
+        assert (await c.get("/nowhere")).json() == {"missing": "/nowhere"}
+        assert seen == ["/boom 405", "/nowhere 404"]
+
+
 def test_repr_shows_state() -> None:
     app = make_app()
     assert "routes=" in repr(app)
@@ -577,6 +662,10 @@ async def test_e2e_native_app(tmp_path: Path, fd_count) -> None:  # type: ignore
     async def page(request: Request) -> Response:
         return FileResponse(tmp_path / "page.html")
 
+    @app.get("/{rest:path}/end/")
+    async def ending(request: Request) -> str:
+        return request.path_params["rest"]
+
     # A first cycle lets the loop create its lazily-made fds (uvloop does), then count.
     async with live_server(app) as url, httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/")).text == "root"
@@ -600,6 +689,15 @@ async def test_e2e_native_app(tmp_path: Path, fd_count) -> None:  # type: ignore
         assert r.text == "<p>hi</p>" and r.headers["content-type"] == "text/html; charset=utf-8"
         r = await client.get("/slash", follow_redirects=True)
         assert r.text == "slash"
+        # a slash redirect never names another host (``//host/...`` would)
+        reader, writer = await asyncio.open_connection(*url.removeprefix("http://").split(":"))
+        writer.write(b"GET //evil.example/end HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        assert (
+            answer.startswith(b"HTTP/1.1 308 ")
+            and b"\r\nlocation: /evil.example/end/\r\n" in answer
+        )
     assert fd_count() <= before
 
 
