@@ -92,6 +92,7 @@ class MemoryExchange:
         self.ended = False  # True once respond() or end() completed the response
         self.continue_sent = False  # True if the handler read the body of an Expect: 100 request
         self.content_length: int | None = None  # declared length for start(), None: chunked
+        self._sent = 0  # body bytes of a started response so far
 
     # --- client side controls ---
     def disconnect(self) -> None:
@@ -157,12 +158,12 @@ class MemoryExchange:
         self.headers = list(headers)
 
     async def write(self, chunk: bytes) -> None:
-        self._writable()
+        self._writable(len(chunk))
         if chunk and not self._no_body():
             self.body_chunks.append(bytes(chunk))
 
     async def sendfile(self, file: BinaryIO, offset: int, count: int) -> None:
-        self._writable()
+        self._writable(count)
         if not self._no_body():
             self.body_chunks.append(os.pread(file.fileno(), count, offset))
 
@@ -172,15 +173,22 @@ class MemoryExchange:
 
     async def end(self) -> None:
         self._writable()
+        declared = self.content_length
+        if declared is not None and self._sent != declared and not self._no_body():
+            return  # the connection aborts such a response: the result is ``aborted``
         self.ended = True
 
-    def _writable(self) -> None:
+    def _writable(self, n: int = 0) -> None:
         if self.status is None:
             raise ExchangeError("write before start")
         if self.ended:
             raise ExchangeError("response already ended")
         if self._disconnected:
             raise ClientDisconnected("client disconnected")
+        declared = self.content_length
+        if declared is not None and self._sent + n > declared:
+            raise ExchangeError("body longer than the declared Content-Length")
+        self._sent += n
 
     @property
     def response_started(self) -> bool:
@@ -388,6 +396,14 @@ class AsyncTestClient:
             http_version=http_version,
         )
         exchange = MemoryExchange(head, body, max_body_size=self.config.max_body_size)
+        if length is not None and length > self.config.max_body_size:
+            # the server's parser answers this from the head, before any app code runs
+            exchange.respond(
+                413,
+                [(b"content-type", b"text/plain; charset=utf-8"), (b"connection", b"close")],
+                b"request body too large\n",
+            )
+            return TestResponse(exchange, False)
         aborted = await run_exchange(self.handler, exchange)
         return TestResponse(exchange, aborted)
 

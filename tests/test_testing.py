@@ -210,3 +210,64 @@ async def test_async_client_concurrent_requests() -> None:
         first = asyncio.ensure_future(c.get("/wait"))
         assert (await c.get("/open")).text == "opened"
         assert (await first).text == "released"
+
+
+async def test_test_client_answers_as_the_server_does() -> None:
+    """Cases where the test client used to differ from a real connection: a body over the
+    limit (the parser's 413, no app code run), a streamed body shorter or longer than its
+    Content-Length (the connection aborts), a non-ASCII target (percent-encoded, UTF-8)."""
+    import httpx
+
+    from server import StreamingResponse
+    from server.testing import live_server
+
+    app = App(Config(max_body_size=1000))
+    ran: list[str] = []
+
+    @app.post("/ignore")
+    async def ignore(request: Request) -> str:
+        ran.append("ignore")
+        return "ok"
+
+    @app.get("/stream/{n:int}")
+    async def stream(request: Request) -> StreamingResponse:
+        async def gen() -> Any:
+            yield b"x" * request.path_params["n"]
+
+        return StreamingResponse(gen(), headers={"content-length": "5"})
+
+    @app.get("/q/{name}")
+    async def q(request: Request) -> dict[str, str]:
+        return {"name": request.path_params["name"], "a": request.query["a"]}
+
+    async with AsyncTestClient(app, config=app.config) as c:
+        mem = [
+            await c.post("/ignore", content=b"x" * 1001),
+            await c.get("/stream/5"),
+            await c.get("/stream/3"),
+            await c.get("/stream/7"),
+            await c.get("/q/☃?a=ü"),
+        ]
+    assert ran == []
+    async with live_server(app, app.config.with_(port=0)) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            r = await client.post("/ignore", content=b"x" * 1001)
+            assert (
+                (r.status_code, r.content)
+                == (mem[0].status_code, mem[0].content)
+                == (
+                    413,
+                    b"request body too large\n",
+                )
+            )
+            assert mem[0].headers["connection"] == r.headers["connection"] == "close"
+            r = await client.get("/stream/5")
+            assert (r.status_code, r.content) == (mem[1].status_code, mem[1].content)
+            assert not mem[1].aborted
+            for i in (2, 3):
+                with pytest.raises(httpx.HTTPError):  # cut short: the promised length is not met
+                    await client.get(f"/stream/{(3, 7)[i - 2]}")
+                assert mem[i].aborted, i
+            r = await client.get("/q/☃?a=ü")
+            assert r.json() == mem[4].json() == {"name": "☃", "a": "ü"}
+    assert ran == []
