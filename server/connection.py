@@ -107,7 +107,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
     __slots__ = (
-        "_base_ctx _body_wait_since _busy _cancel_pending _closing _dispatching _dl_bucket "
+        "_base_ctx _body_wait_since _busy _cancel_pending _close_waiters _closing _dispatching "
+        "_dl_bucket "
         "_dl_next _dl_prev "
         "_drain_waiters _eof _gen _handler_is_async _head_started _job _job_since "
         "_from_memory _idle_arm _last_activity _lingering _loop _memory_find _memory_known "
@@ -175,6 +176,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         self._write_paused = False
         self._write_paused_at = 0.0
         self._drain_waiters: list[asyncio.Future[None]] | None = None  # made by _drain
+        # handlers in wait_client_closed() (made there): woken by a FIN or the connection's loss
+        self._close_waiters: list[asyncio.Future[None]] | None = None
         self._requests = 0
         self._last_activity = 0.0
         self._head_started = 0.0
@@ -234,12 +237,20 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 ProtocolError(400, "client closed before the body was complete")
             )
             parsing._wake()
+        self._wake_close_waiters()  # a handler in wait_client_closed() learns of it now
         if not self._queue:
             return False  # nothing to answer: let the transport close
-        for ex in self._queue:  # a handler in wait_client_closed() learns of it now
-            if type(ex) is HttpExchange and ex._waiter is not None:
-                ex._wake()
         return True  # half-close: still answer what was asked
+
+    def _wake_close_waiters(self) -> bool:
+        """Wake the handlers in ``wait_client_closed()``; returns whether there were any."""
+        waiters, self._close_waiters = self._close_waiters, None
+        woken = False
+        for w in waiters or ():
+            if not w.done():
+                w.set_result(None)
+                woken = True
+        return woken
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -250,9 +261,11 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 continue
             if not ex._done_body and ex._body_error is None:
                 ex._body_error = err
-            if ex._waiter is not None and not ex._waiter.done():  # (receive, wait_client_closed)
+            if ex._waiter is not None and not ex._waiter.done():  # (receive)
                 woken = True
                 ex._wake()
+        if self._wake_close_waiters():
+            woken = True
         waiters, self._drain_waiters = self._drain_waiters, None
         if waiters:
             for w in waiters:

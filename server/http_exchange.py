@@ -129,13 +129,17 @@ class HttpExchange:
     async def wait_client_closed(self) -> None:
         conn = self._conn
         while not self.client_closed:
-            # (the body's waiter: the body is complete, or this wait ends with it)
+            # (not the body's waiter: a streamed answer may read the body while this waits)
             waiter = conn._loop.create_future()
-            self._waiter = waiter
+            if conn._close_waiters is None:
+                conn._close_waiters = []
+            conn._close_waiters.append(waiter)
             try:
                 await waiter
             finally:
-                self._waiter = None
+                waiters = conn._close_waiters
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)  # (cancelled: a connection may see many such waits)
 
     async def receive(self) -> bytes:
         conn = self._conn

@@ -19,6 +19,7 @@ responses skip producing the body themselves and send only the head.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -26,7 +27,7 @@ import stat
 import sys
 import termios
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Coroutine, Iterable
 from datetime import datetime
 from email.utils import formatdate
 from http.cookies import SimpleCookie
@@ -34,7 +35,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from server import static
-from server.exchange import Exchange
+from server.exchange import ClientDisconnected, Exchange
 from server.filecache import FileView
 from server.request import HeaderInit, Headers
 
@@ -203,7 +204,11 @@ class RedirectResponse(Response):
 
 class StreamingResponse(Response):
     """Body produced by an (async) iterable of ``bytes``/``str`` chunks; chunked on HTTP/1.1
-    unless a ``Content-Length`` header is given."""
+    unless a ``Content-Length`` header is given.
+
+    An async iterable is stopped (cancelled where it waits, so its ``finally`` runs) when the
+    client closes the connection, as Starlette's is: a generator that waits for events
+    (server-sent events) would otherwise wait on for a client that has gone."""
 
     streaming = True
     __slots__ = ("content",)
@@ -226,8 +231,7 @@ class StreamingResponse(Response):
         if exchange.head.method != "HEAD":
             content = self.content
             if isinstance(content, AsyncIterable):
-                async for chunk in content:
-                    await exchange.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
+                await _until_client_closes(exchange, _write_all(exchange, content))
             else:
                 for chunk in content:
                     await exchange.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
@@ -235,6 +239,36 @@ class StreamingResponse(Response):
 
     def __repr__(self) -> str:
         return f"<StreamingResponse {self.status} {type(self.content).__name__}>"
+
+
+async def _write_all(exchange: Exchange, content: AsyncIterable[bytes | str]) -> None:
+    try:
+        async for chunk in content:
+            await exchange.write(chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
+    finally:  # stopped early (a disconnect, a cancel): an async generator's finally runs now
+        aclose = getattr(content, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _until_client_closes(exchange: Exchange, body: Coroutine[Any, Any, None]) -> None:
+    """Run ``body`` in a task of its own while watching for the client to close; if it closes
+    first, cancel ``body``, let it finish, and raise :class:`ClientDisconnected`."""
+    task = asyncio.ensure_future(body)
+    closed = asyncio.ensure_future(exchange.wait_client_closed())
+    try:
+        await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # we are cancelled (a reset, request_timeout): so is the body
+        task.cancel()
+        closed.cancel()
+        raise
+    if task.done():
+        closed.cancel()
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+    raise ClientDisconnected("client closed the connection during a streamed response")
 
 
 def guess_type(path: str) -> str:

@@ -775,6 +775,56 @@ async def test_e2e_errors_and_disconnect(caplog: pytest.LogCaptureFixture) -> No
     assert len(errors) == 1 and "kaboom" in str(errors[0].exc_info[1]), errors
 
 
+async def test_e2e_stream_stops_when_the_client_closes() -> None:
+    """A streaming generator waiting for events (server-sent events) is stopped, its
+    ``finally`` run, once the client closes, as Starlette's is; a generator that reads the
+    request body meanwhile is not disturbed by that watch."""
+    from server.testing import live_server
+
+    app = App()
+    events: asyncio.Queue[bytes] = asyncio.Queue()
+    stopped = asyncio.Event()
+
+    @app.get("/events")
+    async def sse(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                yield b"data: hello\n\n"
+                while True:
+                    yield await events.get()  # nothing more comes
+            finally:
+                stopped.set()
+
+        return StreamingResponse(gen(), content_type="text/event-stream")
+
+    @app.post("/upper")
+    async def upper(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            async for chunk in request.stream():
+                yield chunk.upper()
+
+        return StreamingResponse(gen())
+
+    async with live_server(app) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"data: hello\n\n")
+        writer.close()  # a FIN, no reset
+        await asyncio.wait_for(stopped.wait(), 5)
+
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /upper HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"abc", b"def"):
+            writer.write(b"3\r\n" + part + b"\r\n")
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head
+        assert await reader.readuntil(b"0\r\n\r\n") == b"3\r\nABC\r\n3\r\nDEF\r\n0\r\n\r\n"
+        writer.close()
+
+
 @pytest.mark.parametrize("case", list(BROKEN_BODIES))
 async def test_e2e_broken_request_body_is_answered_4xx(
     case: str, caplog: pytest.LogCaptureFixture
