@@ -128,6 +128,7 @@ class AccessLogHandler:
         # lifecycle hooks of the wrapped handler stay reachable
         self.startup = getattr(handler, "startup", None)
         self.shutdown = getattr(handler, "shutdown", None)
+        self.cancel_on_reset = getattr(handler, "cancel_on_reset", True)  # (ConnectionPool)
 
     async def __call__(self, exchange: Exchange) -> None:
         rec = _Recorder(exchange)

@@ -231,6 +231,12 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOC
 class ASGIHandler:
     """Wraps an ASGI 3 application as ``async def handler(exchange)``."""
 
+    # A client's reset does not cancel the app (as under uvicorn: ASGI apps are not written
+    # for a CancelledError at any await): it learns of it from receive() (http.disconnect) and
+    # send() (OSError), and the connection is let go when it returns. request_timeout and the
+    # end of a graceful shutdown still cancel it.
+    cancel_on_reset = False
+
     def __init__(
         self, app: ASGIApp, config: Config | None = None, lifespan: str | None = None
     ) -> None:

@@ -394,6 +394,7 @@ class StaticMounts:
         # does not either: the connection may call it outside the request's context (see
         # server.worker.only_makes_a_coroutine).
         self.only_makes_a_coroutine = inner is None or only_makes_a_coroutine(self._inner)
+        self.cancel_on_reset = getattr(inner, "cancel_on_reset", True)  # (ConnectionPool)
 
     def _locate(self, path: str) -> tuple[StaticFiles, str, bool] | bool:
         for prefix, below, files in self.mounts:  # longest first

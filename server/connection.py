@@ -282,9 +282,12 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             self._release()
         elif self._busy:
             ex = self._queue[0] if self._queue else None
-            if not woken and not (
-                type(ex) is HttpExchange and ex._ended and ex._pending_head is None
-            ):  # (a handler working after its complete answer is left to finish: _detach)
+            if (
+                not woken
+                and not (type(ex) is HttpExchange and ex._ended and ex._pending_head is None)
+                and (self._shutdown or self.pool is None or self.pool.cancel_on_reset)
+            ):  # (a handler working after its complete answer is left to finish: _detach; an
+                # ASGI app is left to find out from receive() and send(), as under uvicorn)
                 worker.cancel()  # the handler gets CancelledError; the worker releases us
         else:
             wake = self._wake

@@ -235,6 +235,7 @@ class Instrument:
         self.requests = 0  # requests handled by this worker
         self.startup = getattr(handler, "startup", None)
         self.shutdown = getattr(handler, "shutdown", None)
+        self.cancel_on_reset = getattr(handler, "cancel_on_reset", True)  # (ConnectionPool)
 
     def __repr__(self) -> str:
         return f"<Instrument requests={self.requests} limit={self.limit} {self.handler!r}>"

@@ -127,6 +127,9 @@ class ConnectionPool:
     def __init__(self, handler: AppHandler, config: Config, *, scheme: str = "http") -> None:
         self.handler = handler
         self._call = direct_call(handler)  # what the connections call: one for all of them
+        # whether a client's reset cancels a handler that has not answered yet (see
+        # HttpConnection.connection_lost); ASGIHandler says no, as uvicorn never cancels an app
+        self.cancel_on_reset: bool = getattr(handler, "cancel_on_reset", True)
         from_memory = getattr(handler, "answer_from_memory", None)  # (MemoryAnswering)
         self._from_memory = from_memory if callable(from_memory) else None
         self._memory_paths = memory_path_memo(tuple(getattr(handler, "memory_paths", ("",))))

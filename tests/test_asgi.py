@@ -588,6 +588,67 @@ async def test_e2e_background_tasks_run_after_the_answer_without_holding_the_con
         assert sorted(done) == ["a", "b"]
 
 
+async def test_e2e_client_reset_does_not_cancel_the_app(fd_count: Any) -> None:
+    """As under uvicorn, a reset does not cancel an ASGI app busy with other work: it finds
+    out from receive() (http.disconnect) and send() (OSError), and its connection is let go
+    once it returns. Starlette's is_disconnected() loop then gets True, not CancelledError."""
+    import socket
+    import struct
+
+    from server.testing import live_server
+    from tests.test_connection import Raw
+
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/starlette":
+            await starlette_poll(scope, receive, send)
+            return
+        try:
+            await asyncio.sleep(0.3)  # busy with something else: not in receive() or send()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        assert (await receive())["type"] == "http.request"
+        seen.append((await receive())["type"])
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        except OSError:
+            seen.append("send refused")
+
+    async def poll(request: SRequest) -> PlainTextResponse:
+        try:
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            seen.append("starlette cancelled")
+            raise
+        seen.append("starlette saw it")
+        return PlainTextResponse("late")
+
+    starlette_poll = Starlette(routes=[Route("/starlette", poll)])
+    async with live_server(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        before = fd_count()
+        for path, expected in (
+            ("/raw", ["http.disconnect", "send refused"]),
+            ("/starlette", ["starlette saw it"]),
+        ):
+            seen.clear()
+            c = await Raw.open(port)
+            await c.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+            await asyncio.sleep(0.05)
+            sock = c.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.writer.transport.abort()  # an RST
+            await until(lambda: seen == expected)  # noqa: B023
+            assert seen == expected
+        await until(lambda: fd_count() <= before)
+        assert fd_count() <= before
+
+
 async def test_e2e_client_that_closes_is_seen_as_a_disconnect() -> None:
     """An app that waits for http.disconnect (long poll) and Starlette's is_disconnected()
     see a client that closes with a FIN (as Go cancels the request's context on EOF), not
