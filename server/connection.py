@@ -216,6 +216,8 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         self._last_activity = now = loop.time()
         cfg = self.config
         self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
+        if self.pool is not None:  # (over TLS: now that the handshake is done)
+            self.pool.made(self)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:

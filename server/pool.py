@@ -172,8 +172,9 @@ class ConnectionPool:
     def free(self) -> int:
         return len(self._free)
 
-    def acquire(self) -> HttpConnection | None:
-        """A connection object for a new socket, or None when the limit is reached."""
+    def acquire(self, counted: bool = True) -> HttpConnection | None:
+        """A connection object for a new socket, or None when the limit is reached. ``counted``:
+        it takes its place in ``active`` now (else once its transport is made: :meth:`made`)."""
         if len(self.active) >= self.max or self._closed:
             return None
         if self._free:
@@ -189,12 +190,24 @@ class ConnectionPool:
                 memory_paths=self._memory_paths,
             )
             self.created += 1
-        self.active.add(conn)
+        if counted:
+            self.active.add(conn)
         return conn
+
+    def made(self, conn: HttpConnection) -> None:
+        """``conn``'s transport is ready (its ``connection_made``): it counts from now on, and
+        closes at once if the server is shutting down meanwhile."""
+        if conn not in self.active:
+            self.active.add(conn)
+            if self._closed:
+                conn.shutdown()
 
     def __call__(self) -> asyncio.Protocol:
         """The protocol factory for ``loop.create_server``."""
-        conn = self.acquire()
+        # Over TLS a connection counts once its handshake is done (made): when one fails (a
+        # TCP probe, plain HTTP, a refused certificate, the handshake timeout), the SSL layer
+        # drops the protocol without calling it, and a place taken here would never be freed.
+        conn = self.acquire(counted=self.scheme == "http")
         if conn is not None:
             return conn
         if (

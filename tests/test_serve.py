@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import until
 from test_connection import TEST_CONFIG, Raw, echo, fd_baseline, get, read_response, running
 
 from server.exchange import Exchange
@@ -259,3 +260,36 @@ def test_workers_share_port_and_stop_on_sigterm(loop: str) -> None:
             p.kill()
             p.wait()
         holder.close()
+
+
+async def test_tls_failed_handshakes_take_no_connection_place(
+    cert: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS handshake that never completes (a TCP probe, plain HTTP to the TLS port, a client
+    refusing the certificate) never reaches the protocol: it must not hold one of the
+    ``max_connections`` places, or the server ends up answering 503 to everyone."""
+    pools: list[ConnectionPool] = []
+    made = ConnectionPool.__init__
+
+    def record(self: ConnectionPool, *a: Any, **kw: Any) -> None:
+        made(self, *a, **kw)
+        pools.append(self)
+
+    monkeypatch.setattr(ConnectionPool, "__init__", record)
+    async with running(echo, ssl_certfile=cert[0], ssl_keyfile=cert[1], max_connections=3) as port:
+        ctx = ssl.create_default_context(cafile=cert[0])
+        for _ in range(4):
+            _, w = await asyncio.open_connection("127.0.0.1", port)  # connect, close
+            w.close()
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(get("/plain"))  # plain HTTP to the TLS port
+            await r.read()
+            w.close()
+            with pytest.raises(ssl.SSLError):  # the client refuses the certificate
+                await asyncio.open_connection("127.0.0.1", port, ssl=ssl.create_default_context())
+        async with httpx.AsyncClient(verify=ctx, base_url=f"https://127.0.0.1:{port}") as c:
+            for i in range(3):
+                assert (await c.get(f"/ok{i}")).text == f"GET /ok{i} "
+        [pool] = pools
+        await until(lambda: not pool.active)
+        assert len(pool.active) == 0
