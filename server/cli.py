@@ -279,6 +279,8 @@ def parse_args(
     values["static"] = tuple(ns.static)
     if (ns.ssl_certfile is None) != (ns.ssl_keyfile is None):
         raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    if ns.fd is not None and ns.uds is not None:
+        raise UsageError("--fd and --uds are two different listeners: give one")
     try:
         trusted(ns.forwarded_allow_ips)
     except ValueError as exc:
@@ -286,7 +288,28 @@ def parse_args(
     extra = {"lifespan": ns.lifespan, "root_path": ns.root_path}
     if ns.cache_control:
         extra["cache_control"] = ns.cache_control
-    return ns.target, Config(**values, extra=extra)
+    config = Config(**values, extra=extra)
+    try:
+        config.check()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return ns.target, config
+
+
+def _check_tls(config: Config) -> None:
+    """Fail early, with one line naming the files, when the certificate and key do not load."""
+    if config.ssl_certfile is None:
+        return
+    from server.serve import ssl_context
+
+    try:
+        ssl_context(config)
+    except (OSError, ValueError) as exc:  # (ssl.SSLError is an OSError)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UsageError(
+            f"cannot use TLS certificate {config.ssl_certfile!r} with key "
+            f"{config.ssl_keyfile!r}: {reason}"
+        ) from None
 
 
 def load_target(target: str | None) -> Any:
@@ -537,6 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if target is not None and not os.path.isdir(target):
             loader = _reloader(target, config)
         _check_port(config)
+        _check_tls(config)
         from server import serve
 
         try:

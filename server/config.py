@@ -81,6 +81,28 @@ class Config:
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    def check(self) -> None:
+        """Raise ValueError naming the first setting whose value cannot work (the CLI shows it
+        as a usage error; :func:`server.serve.serve` checks before it listens)."""
+        for name in _AT_LEAST_ONE:
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be more than 0 seconds, got {value}")
+        for name in _NON_NEGATIVE:
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
+        if any(c in self.server_header for c in "\r\n\x00"):
+            raise ValueError("server_header must not contain CR, LF or NUL")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if self.metrics_path is not None and self.metrics_path == self.health_path:
+            raise ValueError(f"metrics_path and health_path are both {self.metrics_path!r}")
+
     def with_(self, **changes: Any) -> Config:
         """Return a copy with ``changes`` applied (unknown names raise TypeError)."""
         return replace(self, **changes)
@@ -89,3 +111,15 @@ class Config:
     def names(cls) -> list[str]:
         """Every setting's name, in declaration order."""
         return [f.name for f in fields(cls)]
+
+
+# what Config.check() asks of each limit (a 0 here would refuse or stall every request)
+_AT_LEAST_ONE = (
+    "workers max_request_line max_header_size max_header_count max_requests_per_connection "
+    "max_pipelined max_connections"
+).split()
+_POSITIVE = "header_timeout keepalive_timeout body_timeout send_timeout request_timeout".split()
+_NON_NEGATIVE = (  # (worker_timeout 0: no heartbeat check)
+    "backlog max_body_size max_chunk_ext max_drain_body graceful_timeout worker_timeout "
+    "max_requests max_requests_jitter"
+).split()

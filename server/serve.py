@@ -100,30 +100,40 @@ async def _listen(
     pool: ConnectionPool, config: Config, ctx: ssl.SSLContext | None, reuse_port: bool
 ) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
-    backlog = _backlog(config)
+    # a TLS handshake has as long as a request head (not asyncio's default of 60 s)
+    kw: dict[str, Any] = {"backlog": _backlog(config)}
+    if ctx is not None:
+        kw.update(ssl=ctx, ssl_handshake_timeout=config.header_timeout)
     try:
         if config.fd is not None:
             sock = socket.socket(fileno=config.fd)
             sock.setblocking(False)
             if sock.family == socket.AF_UNIX:
-                return await loop.create_unix_server(pool, sock=sock, ssl=ctx, backlog=backlog)
-            return await loop.create_server(pool, sock=sock, ssl=ctx, backlog=backlog)
+                return await loop.create_unix_server(pool, sock=sock, **kw)
+            return await loop.create_server(pool, sock=sock, **kw)
         if config.uds:
             with contextlib.suppress(FileNotFoundError):
                 if stat.S_ISSOCK(os.stat(config.uds).st_mode):
                     os.unlink(config.uds)  # a stale socket file from a previous run
-            return await loop.create_unix_server(pool, path=config.uds, ssl=ctx, backlog=backlog)
+            return await loop.create_unix_server(pool, path=config.uds, **kw)
         return await loop.create_server(
-            pool,
-            host=config.host,
-            port=config.port,
-            ssl=ctx,
-            backlog=backlog,
-            reuse_port=reuse_port or None,
+            pool, host=config.host, port=config.port, reuse_port=reuse_port or None, **kw
         )
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise BindError(exc.errno, f"cannot listen on {_address(config)}: {reason}") from exc
+
+
+_SUPERVISOR_SIGNALS = [
+    (getattr(signal, name), why)
+    for name, why in (
+        ("SIGHUP", "reloading takes a supervisor (--supervise or --workers N)"),
+        ("SIGTTIN", "adding a worker takes a supervisor (--supervise or --workers N)"),
+        ("SIGTTOU", "removing a worker takes a supervisor (--supervise or --workers N)"),
+        ("SIGUSR1", "logs go to stderr, there is no log file to reopen"),
+    )
+    if hasattr(signal, name)
+]
 
 
 async def serve(
@@ -144,6 +154,7 @@ async def serve(
     :class:`~server.metrics.Instrument`) for up to that many seconds before idle ones close.
     """
     loop = asyncio.get_running_loop()
+    config.check()
     ctx = ssl_context(config)
     trusted(config.forwarded_allow_ips)  # (a bad value fails here, not on a request)
     pool = ConnectionPool(handler, config, scheme="https" if ctx else "http")
@@ -157,9 +168,21 @@ async def serve(
     stop = shutdown if shutdown is not None else asyncio.Event()
     signals: list[int] = []
     if shutdown is None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers: list[tuple[int, Callable[..., None], tuple[Any, ...]]] = [
+            (signal.SIGINT, stop.set, ()),
+            (signal.SIGTERM, stop.set, ()),
+        ]
+        # What a supervisor would do is said, not done (the default actions would end or stop
+        # the process); a signal ignored already (by the supervisor for its workers, or
+        # nohup) stays ignored.
+        handlers += [
+            (sig, log.warning, ("%s ignored: %s", sig.name, why))
+            for sig, why in _SUPERVISOR_SIGNALS
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        ]
+        for sig, call, args in handlers:
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, call, *args)
                 signals.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
@@ -171,6 +194,8 @@ async def serve(
         for sig in signals:
             loop.remove_signal_handler(sig)
         server.close()  # stop accepting
+        if shutdown is None:  # (a signal: the operator wants to hear of it)
+            log.info("shutting down: %d connections open", len(pool.active))
         deadline = loop.time() + config.graceful_timeout
         if state is not None:
             state.draining = True
@@ -178,6 +203,11 @@ async def serve(
             await pool.wait_empty(min(drain_grace, config.graceful_timeout))
         pool.shutdown()
         if not await pool.wait_empty(max(0.0, deadline - loop.time())):
+            log.warning(
+                "graceful_timeout (%g s) passed: closing %d connections",
+                config.graceful_timeout,
+                len(pool.active),
+            )
             pool.abort_all()
             await pool.wait_empty(1.0)
         # handlers still working after their answer went out (e.g. BackgroundTasks)
@@ -207,16 +237,24 @@ def run_worker(
     ready: Callable[[list[tuple[Any, ...]]], None] | None = None,
     drain_grace: float = 0.0,
     heartbeat: float = 0.0,
+    parent: int | None = None,
 ) -> int:
     """One serving process: a fresh loop, the startup hooks, :func:`serve`, the shutdown hooks.
 
     With ``heartbeat`` > 0 a task calls ``state.beat()`` that often (the supervisor's liveness
-    check, plus the metrics gauges). Returns the exit status (1 on a bind error).
+    check, plus the metrics gauges), and checks that the process ``parent`` (the supervisor)
+    is still this one's parent: if it died (SIGKILL), the worker shuts down gracefully rather
+    than serving on as an orphan that holds the port. Returns the exit status (1 on a bind
+    error).
     """
     factory = loop_factory(config.loop)
 
     async def beat(state: WorkerState) -> None:
         while True:
+            if parent is not None and os.getppid() != parent:
+                log.warning("supervisor %d is gone: shutting down", parent)
+                os.kill(os.getpid(), signal.SIGTERM)  # (serve's graceful shutdown)
+                return
             state.beat()
             await asyncio.sleep(heartbeat)
 
@@ -245,7 +283,7 @@ def run_worker(
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(main())
     except BindError as exc:
-        print(f"error: {exc.strerror}", file=sys.stderr)
+        print(f"netpoll-server: error: {exc.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

@@ -80,6 +80,7 @@ _SIGNALS = (
     signal.SIGHUP,
     signal.SIGTTIN,
     signal.SIGTTOU,
+    signal.SIGUSR1,
 )
 
 Hooks = list[Callable[[], Any]]
@@ -267,7 +268,8 @@ class Supervisor:
             self.listeners.open()
         except OSError as exc:
             print(
-                f"error: cannot listen on {self.listeners.address()}: {exc.strerror or exc}",
+                f"netpoll-server: error: cannot listen on {self.listeners.address()}: "
+                f"{exc.strerror or exc}",
                 file=sys.stderr,
             )
             return 1
@@ -353,6 +355,8 @@ class Supervisor:
             if self.want > 1:
                 self.want -= 1
             log.info("SIGTTOU: %d workers", self.want)
+        elif sig == signal.SIGUSR1:  # (gunicorn's "reopen the log files")
+            log.warning("SIGUSR1 ignored: logs go to stderr, there is no log file to reopen")
 
     def _stop(self, code: int) -> None:
         self.stopping = True
@@ -572,8 +576,9 @@ class Supervisor:
         self, row: int, sock: socket.socket, handler: Any, startup: Hooks, shutdown: Hooks
     ) -> int:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_IGN)
+        supervisor = os.getppid()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -611,6 +616,7 @@ class Supervisor:
                 ready=ready,
                 drain_grace=min(1.0, config.graceful_timeout / 2),
                 heartbeat=interval,
+                parent=supervisor,
             )
         except Exception as exc:
             if said_ready:

@@ -4,6 +4,8 @@ subprocess: one line on stderr, exit status 2)."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -91,6 +93,13 @@ def test_parse_defaults_and_generated_options() -> None:
         ["--static", "/x=/definitely/not/here"],
         ["--ssl-certfile", "c.pem"],
         ["--bogus"],
+        ["--max-pipelined", "0"],
+        ["--max-connections", "0"],
+        ["--header-timeout", "0"],
+        ["--request-timeout", "0"],
+        ["--server-header", "a\r\nb"],
+        ["--metrics", "/m", "--health", "/m"],
+        ["--fd", "3", "--uds", "/tmp/x.sock"],
     ],
 )
 def test_bad_options_raise_usage_error(argv: list[str]) -> None:
@@ -222,6 +231,87 @@ def test_cli_missing_attribute() -> None:
 
 def test_cli_bad_option_value() -> None:
     assert_usage_error(run_cli("--max-body-size", "lots"), "--max-body-size")
+
+
+def test_cli_bad_tls_files_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.pem").write_text("")
+    assert_usage_error(
+        run_cli("--ssl-certfile", "missing.pem", "--ssl-keyfile", "missing.key"), "'missing.pem'"
+    )
+    proc = run_cli("--ssl-certfile", str(tmp_path / "empty.pem"), "--ssl-keyfile", "k.pem")
+    assert_usage_error(proc, "empty.pem")
+
+
+def test_single_process_ignores_supervisor_signals_and_says_so() -> None:
+    """SIGTTIN/SIGTTOU would stop the process, SIGHUP/SIGUSR1 end it: without a supervisor
+    they are logged and ignored, and the server serves on."""
+    import http.client
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        port = 0
+        while not port:
+            line = proc.stderr.readline()
+            assert line, "server ended"
+            if m := re.search(r"listening on http://[^ ]*:(\d+) ", line):
+                port = int(m.group(1))
+        for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR1):
+            proc.send_signal(sig)
+            line = proc.stderr.readline()
+            assert f"{sig.name} ignored" in line, line
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_scripts_serve_finds_the_app_from_where_it_is_run(tmp_path: Path) -> None:
+    """``scripts/serve myapp:app`` run from the app's directory imports it from there (as
+    ``python -m server`` does), not from the repository. (Its ``pip install -e`` step is
+    skipped here by a stand-in interpreter: the test environment has the package already.)"""
+    import http.client
+
+    (tmp_path / "myapp.py").write_text(
+        "from server import App\napp = App()\n\n@app.get('/')\nasync def root(r):\n"
+        "    return 'mine'\n"
+    )
+    fake = tmp_path / "py"
+    fake.write_text(f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "serve"), "myapp:app", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        port = 0
+        while not port:
+            line = proc.stderr.readline()
+            assert line, "server ended"
+            if m := re.search(r"listening on http://[^ ]*:(\d+) ", line):
+                port = int(m.group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"mine"
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_cli_taken_port() -> None:

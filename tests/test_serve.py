@@ -293,3 +293,14 @@ async def test_tls_failed_handshakes_take_no_connection_place(
         [pool] = pools
         await until(lambda: not pool.active)
         assert len(pool.active) == 0
+
+
+async def test_tls_handshake_has_header_timeout(cert: tuple[str, str]) -> None:
+    """A client that connects to the TLS port and says nothing is closed after
+    ``header_timeout`` (asyncio's own default would hold it for 60 s)."""
+    async with running(echo, ssl_certfile=cert[0], ssl_keyfile=cert[1], header_timeout=0.5) as port:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        t0 = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(r.read(), 10) == b""
+        assert asyncio.get_running_loop().time() - t0 < 5
+        w.close()

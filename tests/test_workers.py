@@ -187,6 +187,31 @@ def test_ttin_ttou_change_the_worker_count(start: Start) -> None:
         assert get(port)[0] == 200
 
 
+def test_workers_end_when_the_supervisor_is_killed(start: Start) -> None:
+    """A supervisor killed with SIGKILL leaves no orphan workers holding the port (as
+    gunicorn's notice a new parent); SIGUSR1 (gunicorn's "reopen logs") kills nothing."""
+    p = start("--workers", "2")
+    port = p.port()
+    pids = p.ready_pids(2)
+    mark = p.mark()
+    p.signal(signal.SIGUSR1)
+    p.wait_for(r"SIGUSR1 ignored", mark)
+    assert get(port)[0] == 200
+    p.signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids), pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"  # (a zombie has ended)
+    except FileNotFoundError:
+        return False
+
+
 def answering_pids(fetch: Callable[[str], tuple[int, str]]) -> set[int]:
     """The pids of the workers that answer on a shared listener. Which idle worker accepts a
     connection is the kernel's choice (one may win every time), so one worker's loop is held
