@@ -186,8 +186,13 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
         sockets = self._sockets
         read_bits = self._poller.READ
         write_bits = self._poller.WRITE
-        queue = self._ready.append
-        if self._debug:  # everything through the queue, so slow callbacks are timed
+        ready = self._ready
+        queue = ready.append
+        # Through the queue: in debug mode everything (so slow callbacks are timed), and
+        # whenever callbacks were queued before this poll, which asyncio and uvloop run before
+        # the I/O it found (code such as aiohttp's relies on that order). Else readiness goes
+        # straight to the transport, no Handle per event.
+        if ready or self._debug:
             for fd, mask in event_list:
                 key = keys.get(fd)
                 if key is not None:

@@ -32,6 +32,19 @@ def _fd_of(fileobj: Any) -> int:
     return fd
 
 
+def _lookup(keys: dict[int, selectors.SelectorKey], fileobj: Any) -> int:
+    """The fd ``fileobj`` is registered under. A file object closed since it was registered
+    (``fileno()`` is -1 now) is found by identity, as CPython's selectors do (anyio removes a
+    socket's reader after closing it): else its key would stay, holding the fd number."""
+    try:
+        return _fd_of(fileobj)
+    except ValueError:
+        for key in keys.values():
+            if key.fileobj is fileobj:
+                return key.fd
+        raise
+
+
 class _KeyMap(Mapping[Any, selectors.SelectorKey]):
     __slots__ = ("_keys",)
 
@@ -43,7 +56,7 @@ class _KeyMap(Mapping[Any, selectors.SelectorKey]):
 
     def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
         try:
-            return self._keys[_fd_of(fileobj)]
+            return self._keys[_lookup(self._keys, fileobj)]
         except ValueError:
             raise KeyError(f"{fileobj!r} is not registered") from None
 
@@ -71,7 +84,7 @@ class PollerSelector(selectors.BaseSelector):
         return key
 
     def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        fd = _fd_of(fileobj)
+        fd = _lookup(self.keys, fileobj)
         try:
             key = self.keys.pop(fd)
         except KeyError:
@@ -82,7 +95,7 @@ class PollerSelector(selectors.BaseSelector):
     def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         if not events or events & ~_VALID:
             raise ValueError(f"Invalid events: {events!r}")
-        fd = _fd_of(fileobj)
+        fd = _lookup(self.keys, fileobj)
         try:
             key = self.keys[fd]
         except KeyError:
@@ -111,7 +124,7 @@ class PollerSelector(selectors.BaseSelector):
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
         try:
-            return self.keys[_fd_of(fileobj)]
+            return self.keys[_lookup(self.keys, fileobj)]
         except KeyError:
             raise KeyError(f"{fileobj!r} is not registered") from None
 

@@ -112,6 +112,9 @@ class SocketTransport(ZeroCopyMixin, transports._FlowControlMixin):
 
     __slots__ = (
         "__weakref__",
+        # as asyncio's transports, an instance takes attributes of its own (tests patch
+        # write(), libraries tag transports); the dict is made only when one is set
+        "__dict__",
         # _loop, _protocol_paused, _high_water, _low_water come from _FlowControlMixin, which
         # asyncio's sendfile fallback insists on
         "_sock",

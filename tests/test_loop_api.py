@@ -331,3 +331,84 @@ async def test_stats_pipelined_requests_answered_with_one_sendmsg() -> None:
     client.close()
     server.close()
     await server.wait_closed()
+
+
+# ---------------------------------------------------------------- what other suites rely on
+
+
+@pytest.mark.asyncio(loop_factories=["netpoll", "asyncio"])  # (uvloop returns None)
+async def test_removing_the_watch_of_a_closed_socket() -> None:
+    """remove_reader/remove_writer given a socket closed since it was registered (its fileno()
+    is -1) find it by identity and remove it, as asyncio's selectors do (anyio's backend does
+    this); the fd number is then free to watch again."""
+    loop = asyncio.get_running_loop()
+    for add, remove in (
+        (loop.add_reader, loop.remove_reader),
+        (loop.add_writer, loop.remove_writer),
+    ):
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        add(a, lambda: None)
+        fd = a.fileno()
+        a.close()
+        assert remove(a) is True
+        c, d = socket.socketpair()  # (the lowest free number: the one just freed)
+        try:
+            assert c.fileno() == fd
+            got = asyncio.Event()
+            loop.add_reader(c, got.set)
+            d.send(b"x")
+            await asyncio.wait_for(got.wait(), 5)
+            assert loop.remove_reader(c) is True
+        finally:
+            for s in (b, c, d):
+                s.close()
+
+
+@pytest.mark.asyncio(loop_factories=["netpoll", "asyncio"])  # (uvloop's refuse: Cython)
+async def test_transports_take_attributes_of_their_own() -> None:
+    """As asyncio's transports do: a test patches write(), a library tags a transport."""
+    from unittest import mock
+
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+    try:
+        written: list[bytes] = []
+        transport.write = written.append  # type: ignore[method-assign]
+        transport.write(b"x")
+        assert written == [b"x"]
+        del transport.write  # type: ignore[method-assign]
+        with mock.patch.object(transport, "get_extra_info", return_value="patched"):
+            assert transport.get_extra_info("peername") == "patched"
+        transport.tag = 1  # type: ignore[attr-defined]
+        assert transport.tag == 1  # type: ignore[attr-defined]
+    finally:
+        transport.close()
+        b.close()
+
+
+@pytest.mark.asyncio(loop_factories=["netpoll", "asyncio"])  # (uvloop runs the I/O first)
+async def test_callbacks_queued_before_a_poll_run_before_the_io_it_finds() -> None:
+    """asyncio runs what was already queued (call_soon, a task's next step) before the
+    data_received of bytes the next poll finds; netpoll's direct dispatch yields to that order
+    whenever something is queued (aiohttp's websocket close relies on it)."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    a, b = socket.socketpair()
+
+    class Proto(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            order.append("data_received")
+
+    transport, _ = await loop.create_connection(Proto, sock=a)
+    try:
+        await asyncio.sleep(0.01)
+        b.send(b"x")  # in a's receive queue before the next poll
+        loop.call_soon(order.append, "call_soon")
+        while len(order) < 2:
+            await asyncio.sleep(0.01)
+        assert order == ["call_soon", "data_received"]
+    finally:
+        transport.close()
+        b.close()
