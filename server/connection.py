@@ -511,6 +511,13 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
     def _send_error(self, err: ProtocolError) -> None:
         self._queue.clear()
         self._closing = True
+        # (as uvicorn warns of each invalid request: the app never sees these)
+        peer = self._parser.client
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        logger.info("refused a request from %s: %d %s", where, err.status, err.message)
+        pool = self.pool
+        if pool is not None and pool.on_refused is not None:
+            pool.on_refused(err.status)
         if self._transport is not None:
             self._transport.writelines(error_response(err.status, err.message, self._server_line))
             self._close()

@@ -148,11 +148,21 @@ class WorkerState:
     def attach(self, pool: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
+        if self.board is not None:
+            pool.on_refused = self.count_refused
         stats = getattr(loop, "stats", None)
         if callable(stats):
             values = stats()
             names = [k for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool)]
             self.loop_names = sorted(names)[:LOOP_SLOTS]
+
+    def count_refused(self, status: int) -> None:
+        """A request the connection answered itself with an error (400, 408, 413, 414, 431,
+        501, 505): counted by status like any other, no duration."""
+        if 0 <= status < 600:
+            w = self.board.words  # type: ignore[union-attr]
+            w[self.base + W_REQUESTS] += 1
+            w[self.base + W_STATUS + status] += 1
 
     def set_state(self, state: int) -> None:
         if self.board is not None and self.row > 0:

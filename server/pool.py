@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import types
 from collections import deque
+from collections.abc import Callable
 
 from .config import Config
 from .connection import HttpConnection, memory_path_memo
@@ -146,6 +147,8 @@ class ConnectionPool:
         self._closed = False  # shutting down: no new connections
         self._empty: asyncio.Event | None = None
         self._wheel: DeadlineWheel | None = None  # the connections' deadlines (one loop)
+        # told the status of each request a connection refuses itself (WorkerState: metrics)
+        self.on_refused: Callable[[int], None] | None = None
         # worker tasks still running a handler whose response is complete (work after the
         # answer, see HandlerRunner._detach): shutdown waits for them like for connections
         self.detached: set[asyncio.Task[None]] = set()

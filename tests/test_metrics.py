@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import logging
 import os
 import re
 import signal
@@ -108,7 +109,7 @@ async def _serving(state: WorkerState, stop: asyncio.Event, drain_grace: float =
     return task, port
 
 
-async def test_counts_statuses_histogram_and_gauges() -> None:
+async def test_counts_statuses_histogram_and_gauges(caplog: pytest.LogCaptureFixture) -> None:
     board = MetricsBoard(4)
     state = WorkerState(board, board.claim(os.getpid()))
     stop = asyncio.Event()
@@ -121,6 +122,18 @@ async def test_counts_statuses_histogram_and_gauges() -> None:
                 assert (await client.get("/nope")).status_code == 404
             assert (await client.get("/boom")).status_code == 500
             assert (await client.get("/stream")).text == "part"
+            # requests the connection refuses itself (the app never sees them) count too
+            with caplog.at_level(logging.INFO, logger="server"):
+                for raw in (b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(raw)
+                    assert (await reader.read()).startswith(b"HTTP/1.1 400 ")
+                    writer.close()
+            said = [r.getMessage() for r in caplog.records if "refused a request" in r.getMessage()]
+            assert len(said) == 2 and all(
+                m.startswith("refused a request from 127.0.0.1:") for m in said
+            )
+            assert ": 400 missing Host header" in said[0] and ": 400 " in said[1], said
             r = await client.get("/metrics")
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -132,6 +145,7 @@ async def test_counts_statuses_histogram_and_gauges() -> None:
     assert samples['http_requests_total{status="404"}'] == 3
     assert samples['http_requests_total{status="500"}'] == 1
     assert samples['http_requests_total{status="201"}'] == 1
+    assert samples['http_requests_total{status="400"}'] == 2
     check_histogram(samples, "http_request_duration_seconds")
     assert samples["http_request_duration_seconds_count"] == 10
     assert samples["http_connections_open"] == 1  # the scraping connection
