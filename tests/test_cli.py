@@ -242,6 +242,16 @@ def test_cli_bad_tls_files_one_line(tmp_path: Path) -> None:
     assert_usage_error(proc, "empty.pem")
 
 
+def _listening_port(proc: subprocess.Popen[str]) -> int:
+    """The port a server started with ``--port 0`` says it listens on (read from its stderr)."""
+    assert proc.stderr is not None
+    while True:
+        line = proc.stderr.readline()
+        assert line, "server ended"
+        if m := re.search(r"listening on http://[^ ]*:(\d+) ", line):
+            return int(m.group(1))
+
+
 def test_single_process_ignores_supervisor_signals_and_says_so() -> None:
     """SIGTTIN/SIGTTOU would stop the process, SIGHUP/SIGUSR1 end it: without a supervisor
     they are logged and ignored, and the server serves on."""
@@ -256,16 +266,10 @@ def test_single_process_ignores_supervisor_signals_and_says_so() -> None:
         text=True,
     )
     try:
-        assert proc.stderr is not None
-        port = 0
-        while not port:
-            line = proc.stderr.readline()
-            assert line, "server ended"
-            if m := re.search(r"listening on http://[^ ]*:(\d+) ", line):
-                port = int(m.group(1))
+        port = _listening_port(proc)
         for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR1):
             proc.send_signal(sig)
-            line = proc.stderr.readline()
+            line = proc.stderr.readline()  # type: ignore[union-attr]
             assert f"{sig.name} ignored" in line, line
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/")
@@ -298,13 +302,7 @@ def test_scripts_serve_finds_the_app_from_where_it_is_run(tmp_path: Path) -> Non
         text=True,
     )
     try:
-        assert proc.stderr is not None
-        port = 0
-        while not port:
-            line = proc.stderr.readline()
-            assert line, "server ended"
-            if m := re.search(r"listening on http://[^ ]*:(\d+) ", line):
-                port = int(m.group(1))
+        port = _listening_port(proc)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/")
         assert conn.getresponse().read() == b"mine"
