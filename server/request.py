@@ -228,9 +228,11 @@ class Request:
 
     @property
     def url(self) -> str:
+        """The request's URL, its path as the client sent it (percent-encoded: ``path`` is
+        decoded, and a decoded ``%3F`` or space would break the URL)."""
         host = self.headers.get("host") or "localhost"
         qs = self.head.query_string
-        return f"{self.head.scheme}://{host}{self.head.path}" + (
+        return f"{self.head.scheme}://{host}{self.head.raw_path.decode('latin-1')}" + (
             f"?{qs.decode('latin-1')}" if qs else ""
         )
 

@@ -173,6 +173,21 @@ def test_trailing_slash_redirects(client: TestClient) -> None:
     assert client.get("/slash/").text == "slash"
 
 
+def test_request_url_keeps_the_path_encoded() -> None:
+    app = App()
+
+    @app.get("/u/{name}")
+    async def named(request: Request) -> dict[str, str]:
+        return {"url": request.url, "path": request.path, "name": request.path_params["name"]}
+
+    with TestClient(app) as c:
+        assert c.get("/u/a%20b%3Fc?x=1").json() == {
+            "url": "http://testserver/u/a%20b%3Fc?x=1",
+            "path": "/u/a b?c",
+            "name": "a b?c",
+        }
+
+
 def test_trailing_slash_redirect_keeps_the_path_as_sent() -> None:
     """The Location is the request's own (percent-encoded) path: decoding it first would turn
     %3F into a query, %23 into a fragment and %25 into another escape."""
