@@ -216,8 +216,13 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         self._last_activity = now = loop.time()
         cfg = self.config
         self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
-        if self.pool is not None:  # (over TLS: now that the handshake is done)
-            self.pool.made(self)
+        if self.pool is not None and not self.pool.made(self):
+            # over TLS, counted only now that the handshake is done: no place left
+            transport.writelines(  # type: ignore[attr-defined]
+                error_response(503, "server overloaded, try again later", self._server_line)
+            )
+            self._closing = True
+            self._close()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -284,13 +289,14 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             self._release()
         elif self._busy:
             ex = self._queue[0] if self._queue else None
-            if (
-                not woken
-                and not (type(ex) is HttpExchange and ex._ended and ex._pending_head is None)
-                and (self._shutdown or self.pool is None or self.pool.cancel_on_reset)
-            ):  # (a handler working after its complete answer is left to finish: _detach; an
-                # ASGI app is left to find out from receive() and send(), as under uvicorn)
+            if type(ex) is HttpExchange and ex._ended and ex._pending_head is None:
+                pass  # a handler working after its complete answer is left to finish: _detach
+            elif not woken and (self._shutdown or self.pool is None or self.pool.cancel_on_reset):
                 worker.cancel()  # the handler gets CancelledError; the worker releases us
+            elif self._job_since and self._wheel is not None:
+                # left to learn of it from our I/O (woken) or, an ASGI app, from receive() and
+                # send() as under uvicorn: request_timeout still bounds it (_on_timer)
+                self._wheel.schedule(self, self._job_since + (self.config.request_timeout or 0.0))
         else:
             wake = self._wake
             self._worker = None
@@ -572,7 +578,14 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 self._wheel.schedule(self, when)  # type: ignore[union-attr]
 
     def _on_timer(self) -> None:
-        if self._transport is None:
+        if self._transport is None:  # a handler left running after a reset (connection_lost)
+            if self._job_since:
+                dl = self._job_since + (self.config.request_timeout or 0.0)
+                if self._loop.time() < dl:
+                    self._wheel.schedule(self, dl)  # type: ignore[union-attr]
+                else:
+                    self._job_since = 0.0
+                    self._request_timeout()
             return
         if self._lingering:
             self._transport.close()
@@ -654,5 +667,10 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             self._close()
 
     def abort(self) -> None:
-        """Force-close (end of the graceful period)."""
+        """Force-close (end of the graceful period); a handler still running for a client that
+        has gone (an ASGI app after a reset) is cancelled."""
+        if self._transport is None:
+            if self._busy and self._worker is not None:
+                self._worker.cancel()
+            return
         self._abort("forced shutdown")

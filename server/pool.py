@@ -197,13 +197,17 @@ class ConnectionPool:
             self.active.add(conn)
         return conn
 
-    def made(self, conn: HttpConnection) -> None:
-        """``conn``'s transport is ready (its ``connection_made``): it counts from now on, and
-        closes at once if the server is shutting down meanwhile."""
-        if conn not in self.active:
-            self.active.add(conn)
-            if self._closed:
-                conn.shutdown()
+    def made(self, conn: HttpConnection) -> bool:
+        """``conn``'s transport is ready (its ``connection_made``): it counts from now on.
+        False when it may not (over TLS, counted only now: the limit was reached, or the
+        server is shutting down meanwhile): it answers 503 and closes."""
+        if conn in self.active:
+            return True
+        if len(self.active) >= self.max or self._closed:
+            self.refused += 1
+            return False
+        self.active.add(conn)
+        return True
 
     def __call__(self) -> asyncio.Protocol:
         """The protocol factory for ``loop.create_server``."""

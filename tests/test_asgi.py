@@ -649,6 +649,48 @@ async def test_e2e_client_reset_does_not_cancel_the_app(fd_count: Any) -> None:
         assert fd_count() <= before
 
 
+async def test_e2e_app_left_running_after_a_reset_is_still_bounded() -> None:
+    """An ASGI app not cancelled by a reset is still cancelled by request_timeout, and by the
+    end of a graceful shutdown (else it would outlive the server)."""
+    import socket
+    import struct
+
+    from server.testing import live_server
+    from tests.test_connection import Raw
+
+    cancelled: list[float] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        t0 = asyncio.get_running_loop().time()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(asyncio.get_running_loop().time() - t0)
+            raise
+
+    async def reset_after_request(port: int) -> None:
+        c = await Raw.open(port)
+        await c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.sleep(0.05)
+        sock = c.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.writer.transport.abort()
+
+    async with live_server(app, request_timeout=0.5) as url:
+        await reset_after_request(int(url.rsplit(":", 1)[1]))
+        await until(lambda: bool(cancelled), timeout=5)
+        assert cancelled and 0.4 < cancelled[0] < 3
+    cancelled.clear()
+    loop = asyncio.get_running_loop()
+    async with live_server(app, graceful_timeout=0.3) as url:
+        await reset_after_request(int(url.rsplit(":", 1)[1]))
+        await asyncio.sleep(0.1)
+        t0 = loop.time()
+    assert cancelled and loop.time() - t0 < 5  # the server stopped, the app with it
+
+
 async def test_e2e_client_that_closes_is_seen_as_a_disconnect() -> None:
     """An app that waits for http.disconnect (long poll) and Starlette's is_disconnected()
     see a client that closes with a FIN (as Go cancels the request's context on EOF), not

@@ -262,20 +262,26 @@ def test_workers_share_port_and_stop_on_sigterm(loop: str) -> None:
         holder.close()
 
 
+@pytest.fixture
+def pools(monkeypatch: pytest.MonkeyPatch) -> list[ConnectionPool]:
+    """Every ConnectionPool made during the test (the server's, to look at its counts)."""
+    made: list[ConnectionPool] = []
+    init = ConnectionPool.__init__
+
+    def record(self: ConnectionPool, *a: Any, **kw: Any) -> None:
+        init(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(ConnectionPool, "__init__", record)
+    return made
+
+
 async def test_tls_failed_handshakes_take_no_connection_place(
-    cert: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    cert: tuple[str, str], pools: list[ConnectionPool]
 ) -> None:
     """A TLS handshake that never completes (a TCP probe, plain HTTP to the TLS port, a client
     refusing the certificate) never reaches the protocol: it must not hold one of the
     ``max_connections`` places, or the server ends up answering 503 to everyone."""
-    pools: list[ConnectionPool] = []
-    made = ConnectionPool.__init__
-
-    def record(self: ConnectionPool, *a: Any, **kw: Any) -> None:
-        made(self, *a, **kw)
-        pools.append(self)
-
-    monkeypatch.setattr(ConnectionPool, "__init__", record)
     async with running(echo, ssl_certfile=cert[0], ssl_keyfile=cert[1], max_connections=3) as port:
         ctx = ssl.create_default_context(cafile=cert[0])
         for _ in range(4):
@@ -293,6 +299,35 @@ async def test_tls_failed_handshakes_take_no_connection_place(
         [pool] = pools
         await until(lambda: not pool.active)
         assert len(pool.active) == 0
+
+
+async def test_tls_connections_beyond_the_limit_get_503(
+    cert: tuple[str, str], pools: list[ConnectionPool]
+) -> None:
+    """Counted when their handshakes are done, TLS connections still keep max_connections:
+    those beyond it, even when they all arrive at once, are answered 503."""
+    release = asyncio.Event()
+
+    async def held(ex: Exchange) -> None:
+        await release.wait()
+        await echo(ex)
+
+    async with running(held, ssl_certfile=cert[0], ssl_keyfile=cert[1], max_connections=2) as port:
+        ctx = ssl.create_default_context(cafile=cert[0])
+
+        async def one(i: int) -> int:
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+            w.write(get(f"/{i}", b"Connection: close\r\n"))
+            answer = await r.read()
+            w.close()
+            return int(answer.split(b" ", 2)[1])
+
+        tasks = [asyncio.create_task(one(i)) for i in range(6)]
+        [pool] = pools
+        await until(lambda: pool.refused == 4)
+        assert len(pool.active) == 2
+        release.set()
+        assert sorted(await asyncio.gather(*tasks)) == [200, 200, 503, 503, 503, 503]
 
 
 async def test_tls_handshake_has_header_timeout(cert: tuple[str, str]) -> None:
