@@ -562,7 +562,8 @@ class Loop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
 
 
 def _read_if_reading(t: SocketTransport) -> None:
-    """Debug mode's queued read: the transport may have paused or closed since the poll."""
+    """A queued read (debug mode, or callbacks were queued before the poll: see _dispatch):
+    the transport may have paused or closed since the poll."""
     if not t._paused and not t._closing:
         t._on_readable()
 

@@ -34,6 +34,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from server.config import Config
 from server.exchange import (
@@ -339,13 +340,11 @@ class App:
             return Response(b"", 200, [(b"allow", ", ".join(self.router.methods()).encode())])
         if allow:
             exc = HTTPException(405, headers={"allow": ", ".join(allow)})
-        elif request.method in _REDIRECTED and self.router.redirect_slash(request.path):
-            # the Location is the path as it was sent (percent-encoded: a decoded %3F or %23
-            # would become a query or a fragment), with one leading slash (``//x`` would be
-            # another host)
-            raw = head.raw_path
-            raw = raw[:-1] if raw.endswith(b"/") else raw + b"/"
-            location = "/" + raw.decode("latin-1").lstrip("/")
+        elif request.method in _REDIRECTED and (other := self.router.redirect_slash(request.path)):
+            # the routed spelling percent-encoded again (a decoded ?, # or % would make a
+            # query, a fragment or another escape of it), with one leading slash (``//x``
+            # would be another host)
+            location = "/" + quote(other, safe=_PATH_SAFE).lstrip("/")
             if head.query_string:
                 location += "?" + head.query_string.decode("latin-1")
             return RedirectResponse(location, 308)
@@ -433,6 +432,7 @@ class App:
 
 
 _REDIRECTED = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))
+_PATH_SAFE = "/!$&'()*+,;=:@~"  # what a path segment may hold unescaped (RFC 3986 pchar)
 
 
 def _wrap(mw: Middleware, nxt: CallNext) -> CallNext:

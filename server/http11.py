@@ -429,7 +429,7 @@ class RequestParser:
                     return end
                 self._held_back = False
                 # (not HTTP/1.2 to 1.9 after all: llhttp refuses the head as it came)
-                piece = again or self._block or self._partial
+                piece = again or self._held()
         try:
             try:
                 p.feed_data(piece)
@@ -523,7 +523,7 @@ class RequestParser:
         ``b""`` while the line may still turn out so (it has not ended yet); None when it is
         not such a line. Whether the line ended there is decided on whole lines only, so the
         answer does not depend on how the head was split into reads."""
-        held = self._block or self._partial
+        held = self._held()
         start = len(held) - len(held.lstrip(b"\r\n"))
         end = held.find(b"\r\n", start)
         if end < 0:
@@ -532,11 +532,16 @@ class RequestParser:
             return None
         at = end - 1  # the minor digit
         again = held[:at] + b"1" + held[at + 1 :]
-        if self._block:
-            self._block = again
-        else:
+        if self._partial:
             self._partial = again
+        else:
+            self._block = again
         return again
+
+    def _held(self) -> bytes:
+        """The head held so far: ``_partial`` while it is incomplete (``_block`` may then be
+        an earlier piece that held only blank lines), else ``_block``."""
+        return self._partial or self._block
 
     def _fail(self, err: ProtocolError) -> None:
         self._state = _DEAD
@@ -549,7 +554,7 @@ class RequestParser:
             # llhttp knows a fixed list of methods; any other token is a method this server
             # does not implement (RFC 9110 9.1: 501), anything else a malformed line
             # (when the request line arrived in one piece with it: llhttp may stop earlier)
-            token, sp, _ = (self._block or self._partial).lstrip(b"\r\n").partition(b" ")
+            token, sp, _ = self._held().lstrip(b"\r\n").partition(b" ")
             if sp and _is_token(token):
                 shown = token.decode() if len(token) <= 32 else token[:32].decode() + "..."
                 return ProtocolError(501, f"method {shown} not implemented")

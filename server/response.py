@@ -19,7 +19,6 @@ responses skip producing the body themselves and send only the head.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import os
@@ -253,22 +252,24 @@ async def _write_all(exchange: Exchange, content: AsyncIterable[bytes | str]) ->
 
 async def _until_client_closes(exchange: Exchange, body: Coroutine[Any, Any, None]) -> None:
     """Run ``body`` in a task of its own while watching for the client to close; if it closes
-    first, cancel ``body``, let it finish, and raise :class:`ClientDisconnected`."""
+    first, cancel ``body``, let it finish, and raise :class:`ClientDisconnected`. Cancelled
+    ourselves (a reset, request_timeout, shutdown), we cancel ``body`` too and let it finish."""
     task = asyncio.ensure_future(body)
     closed = asyncio.ensure_future(exchange.wait_client_closed())
+    stopped = False
     try:
         await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # we are cancelled (a reset, request_timeout): so is the body
-        task.cancel()
+    finally:
         closed.cancel()
-        raise
-    if task.done():
-        closed.cancel()
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await task
-    raise ClientDisconnected("client closed the connection during a streamed response")
+        if not task.done():
+            stopped = True
+            task.cancel()
+            await asyncio.wait((task,))  # its finally runs now, while the request still is
+    if stopped:
+        if not task.cancelled():
+            task.exception()  # (retrieved: whatever it ended with, the client has gone)
+        raise ClientDisconnected("client closed the connection during a streamed response")
+    task.result()
 
 
 def guess_type(path: str) -> str:

@@ -166,26 +166,21 @@ async def serve(
         name = s.getsockname()
         addresses.append(tuple(name) if isinstance(name, tuple) else (name,))
     stop = shutdown if shutdown is not None else asyncio.Event()
-    signals: list[int] = []
+    signals: list[int] = []  # SIGINT, SIGTERM: a second one during the drain acts by default
+    quiet: list[tuple[int, Any]] = []  # (signal, its handler before): restored at the end
     if shutdown is None:
-        handlers: list[tuple[int, Callable[..., None], tuple[Any, ...]]] = [
-            (signal.SIGINT, stop.set, ()),
-            (signal.SIGTERM, stop.set, ()),
-        ]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if _add_signal_handler(loop, sig, stop.set):
+                signals.append(sig)
         # What a supervisor would do is said, not done (the default actions would end or stop
         # the process); a signal ignored already (by the supervisor for its workers, or
         # nohup) stays ignored.
-        handlers += [
-            (sig, log.warning, ("%s ignored: %s", sig.name, why))
-            for sig, why in _SUPERVISOR_SIGNALS
-            if signal.getsignal(sig) is not signal.SIG_IGN
-        ]
-        for sig, call, args in handlers:
-            try:
-                loop.add_signal_handler(sig, call, *args)
-                signals.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
+        for sig, why in _SUPERVISOR_SIGNALS:
+            before = signal.getsignal(sig)
+            if before is not signal.SIG_IGN and _add_signal_handler(
+                loop, sig, log.warning, "%s ignored: %s", sig.name, why
+            ):
+                quiet.append((sig, before))
     try:
         if ready is not None:
             ready(addresses)
@@ -193,30 +188,59 @@ async def serve(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        server.close()  # stop accepting
-        if shutdown is None:  # (a signal: the operator wants to hear of it)
-            log.info("shutting down: %d connections open", len(pool.active))
-        deadline = loop.time() + config.graceful_timeout
-        if state is not None:
-            state.draining = True
-        if drain_grace > 0:
-            await pool.wait_empty(min(drain_grace, config.graceful_timeout))
-        pool.shutdown()
-        if not await pool.wait_empty(max(0.0, deadline - loop.time())):
-            log.warning(
-                "graceful_timeout (%g s) passed: closing %d connections",
-                config.graceful_timeout,
-                len(pool.active),
-            )
-            pool.abort_all()
-            await pool.wait_empty(1.0)
-        # handlers still working after their answer went out (e.g. BackgroundTasks)
-        await pool.wait_detached(max(0.0, deadline - loop.time()))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 1.0)
-        if config.uds and config.fd is None:
-            with contextlib.suppress(OSError):
-                os.unlink(config.uds)
+        try:
+            await _drain(server, pool, config, state, drain_grace, shutdown is None)
+        finally:
+            for sig, before in quiet:
+                loop.remove_signal_handler(sig)
+                if before is not None:
+                    signal.signal(sig, before)
+
+
+def _add_signal_handler(loop: asyncio.AbstractEventLoop, sig: int, call: Any, *args: Any) -> bool:
+    try:
+        loop.add_signal_handler(sig, call, *args)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+async def _drain(
+    server: asyncio.AbstractServer,
+    pool: ConnectionPool,
+    config: Config,
+    state: WorkerState | None,
+    drain_grace: float,
+    said: bool,
+) -> None:
+    """The graceful shutdown: stop accepting, let requests in flight finish (busy keep-alive
+    connections first get ``drain_grace`` for one more request), force-close what is left at
+    ``graceful_timeout``; ``said``: log it (a signal asked for it)."""
+    loop = asyncio.get_running_loop()
+    server.close()  # stop accepting
+    if said:
+        log.info("shutting down: %d connections open", len(pool.active))
+    deadline = loop.time() + config.graceful_timeout
+    if state is not None:
+        state.draining = True
+    if drain_grace > 0:
+        await pool.wait_empty(min(drain_grace, config.graceful_timeout))
+    pool.shutdown()
+    if not await pool.wait_empty(max(0.0, deadline - loop.time())):
+        log.warning(
+            "graceful_timeout (%g s) passed: closing %d connections",
+            config.graceful_timeout,
+            len(pool.active),
+        )
+        pool.abort_all()
+        await pool.wait_empty(1.0)
+    # handlers still working after their answer went out (e.g. BackgroundTasks)
+    await pool.wait_detached(max(0.0, deadline - loop.time()))
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(server.wait_closed(), 1.0)
+    if config.uds and config.fd is None:
+        with contextlib.suppress(OSError):
+            os.unlink(config.uds)
 
 
 async def _call_hooks(hooks: Iterable[Hook] | None) -> None:

@@ -201,6 +201,10 @@ def test_trailing_slash_redirect_keeps_the_path_as_sent() -> None:
     async def rest(request: Request) -> str:
         return request.path_params["rest"]
 
+    @app.get("/t/{name}")
+    async def plain(request: Request) -> str:
+        return request.path_params["name"]
+
     with TestClient(app) as c:
         for sent, name in [("what%3F", "what?"), ("a%23b", "a#b"), ("%2541", "%41"), ("é", "é")]:
             r = c.get(f"/s/{sent}?q=1")
@@ -210,6 +214,8 @@ def test_trailing_slash_redirect_keeps_the_path_as_sent() -> None:
             assert c.get(location).text == name, sent
         assert c.get("/s/☃").headers["location"] == "/s/%E2%98%83/"
         assert c.get("/s/%E2%98%83/").text == "☃"
+        r = c.get("/t/y%2F")  # the routed spelling is /t/y: an encoded slash is a slash
+        assert (r.status_code, r.headers["location"]) == (308, "/t/y")
 
 
 def test_router_pattern_errors() -> None:
@@ -837,6 +843,37 @@ async def test_e2e_stream_stops_when_the_client_closes() -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head
         assert await reader.readuntil(b"0\r\n\r\n") == b"3\r\nABC\r\n3\r\nDEF\r\n0\r\n\r\n"
+        writer.close()
+
+
+async def test_e2e_stream_cleanup_finishes_before_the_request_ends() -> None:
+    """A handler cancelled while its generator waits (request_timeout here) lets the
+    generator's cleanup finish before the request ends and the connection goes."""
+    from server.testing import live_server
+
+    app = App(Config(request_timeout=0.3))
+    cleaned: list[str] = []
+
+    @app.get("/wait")
+    async def wait(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                yield b"first"
+                await asyncio.Event().wait()
+                yield b"never"
+            finally:
+                await asyncio.sleep(0.05)  # (async cleanup: closing a database cursor...)
+                cleaned.append("done")
+
+        return StreamingResponse(gen())
+
+    async with live_server(app, app.config.with_(port=0)) as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)  # to the end: the answer is cut
+        assert b"first" in data and not data.endswith(b"0\r\n\r\n")
+        assert cleaned == ["done"]
         writer.close()
 
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,49 @@ def test_single_process_ignores_supervisor_signals_and_says_so() -> None:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_supervisor_signals_stay_ignored_during_the_drain(tmp_path: Path) -> None:
+    """SIGUSR1 (or HUP, TTIN, TTOU) arriving while a SIGTERM drain finishes a request must not
+    end the process with the request in flight."""
+    import http.client
+    import threading
+
+    (tmp_path / "slowapp.py").write_text(
+        "import asyncio\nfrom server import App\napp = App()\n\n@app.get('/slow')\n"
+        "async def slow(r):\n    await asyncio.sleep(1.0)\n    return 'late'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "slowapp:app", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    got: list[tuple[int, bytes]] = []
+    try:
+        port = _listening_port(proc)
+
+        def fetch() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/slow")
+            r = conn.getresponse()
+            got.append((r.status, r.read()))
+
+        t = threading.Thread(target=fetch)
+        t.start()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)
+        t.join(10)
+        assert got == [(200, b"late")]
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(20)
 
 
 def test_scripts_serve_finds_the_app_from_where_it_is_run(tmp_path: Path) -> None:

@@ -181,7 +181,7 @@ def test_a_newer_minor_version_is_handled_as_http11() -> None:
     next request on the connection, whatever the split; llhttp itself refuses them."""
     data = (
         b"\r\nPOST /a HTTP/1.9\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
-        b"GET /b HTTP/1.2\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"
+        b"\r\n\r\nGET /b HTTP/1.2\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"
         b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"
     )
     for i in range(len(data)):
