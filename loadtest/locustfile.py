@@ -28,13 +28,16 @@ for is a success. Think time, the slow clients' pacing and the sizes are module 
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from locust import FastHttpUser, between, constant, tag, task
+from locust import FastHttpUser, between, constant, events, tag, task
+from locust.env import Environment
+from locust.runners import WorkerRunner
 
 SMALL_FILE = "/static/10k.bin"
 SMALL_SIZE = 10 * 1024
@@ -296,3 +299,35 @@ SCENARIOS: dict[str, type[FastHttpUser]] = {
 }
 
 __all__ = ["SCENARIOS", *(cls.__name__ for cls in SCENARIOS.values())]
+
+
+# --- the run's final totals, for the runner's verdict ---
+_env: list[Environment] = []
+
+
+@events.init.add_listener
+def _remember(environment: Environment, **_: Any) -> None:
+    _env[:] = [environment]
+
+
+@events.quit.add_listener
+def _write_totals(exit_code: int, **_: Any) -> None:
+    """Write ``PREFIX_totals.json`` (with ``--csv PREFIX``) from the final stats: locust writes
+    its stats CSV once a second, so the CSV's last write can miss the last second's requests
+    and those of the stop timeout, which locust's own final table counts."""
+    if not _env:
+        return
+    env = _env[0]
+    prefix = getattr(env.parsed_options, "csv_prefix", None)
+    if not prefix or env.runner is None or isinstance(env.runner, WorkerRunner):
+        return
+    total = env.runner.stats.total
+    with open(f"{prefix}_totals.json", "w") as f:
+        json.dump(
+            {
+                "requests": total.num_requests,
+                "failures": total.num_failures,
+                "rps": total.total_rps,
+            },
+            f,
+        )

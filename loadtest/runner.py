@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import json
 import os
 import signal
 import socket
@@ -232,7 +233,15 @@ def locust_base(scenario: str | None, extra: Sequence[str] = ()) -> list[str]:
 
 
 def read_totals(stats_csv: Path) -> tuple[int, int, float]:
-    """(requests, failures, requests/s) from the ``Aggregated`` row of locust's stats CSV."""
+    """(requests, failures, requests/s) of a run: the final totals the locustfile writes when
+    locust quits (``PREFIX_totals.json`` beside ``PREFIX_stats.csv``: the same figures as
+    locust's final table), else the ``Aggregated`` row of the stats CSV (written once a
+    second, so it may miss the run's last requests)."""
+    totals = stats_csv.with_name(stats_csv.name.removesuffix("_stats.csv") + "_totals.json")
+    if totals.exists():
+        with open(totals) as t:
+            got = json.load(t)
+        return int(got["requests"]), int(got["failures"]), float(got["rps"])
     with open(stats_csv, newline="") as f:
         for row in csv.DictReader(f):
             if row.get("Name") == "Aggregated":

@@ -232,6 +232,13 @@ def test_run_mixed_short(tmp_path: Path) -> None:
         assert (run / name).read_bytes().startswith(PNG)
     summary = (run / "summary.md").read_text()
     assert "/api/users/[id]" in summary and "/api/items" in summary and "404" in summary
+    # the verdict counts every request, as locust's final table does: its final totals, not
+    # the stats CSV's last once-a-second write
+    totals = json.loads((run / "locust_totals.json").read_text())
+    assert f"loadtest: OK: {totals['requests']} requests, 0 failures" in out.stdout
+    with open(run / "locust_stats.csv", newline="") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    assert totals["requests"] >= int(rows["Aggregated"]["Request Count"]) > 0
 
 
 @needs_locust
@@ -247,6 +254,7 @@ def test_run_with_locust_worker_processes(tmp_path: Path) -> None:
         rows = {r["Name"]: r for r in csv.DictReader(f)}
     assert int(rows["/plaintext"]["Request Count"]) > 0
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+    assert json.loads((run / "locust_totals.json").read_text())["requests"] > 0  # (the master's)
 
 
 @needs_locust
