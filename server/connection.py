@@ -197,6 +197,9 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        pool = self.pool
+        if pool is not None and self not in pool.active and not pool.made(self, transport):
+            return  # over TLS, counted only now: no place left (held or answered 503 instead)
         guard_writelines(transport)  # stock asyncio 3.12+: a writelines that never pauses
         self._transport = transport  # type: ignore[assignment]
         self._loop = loop = asyncio.get_running_loop()
@@ -211,18 +214,10 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
         )
         wheel = self._wheel
         if wheel is None or wheel.loop is not loop:
-            pool = self.pool
             self._wheel = pool.wheel(loop) if pool is not None else DeadlineWheel(loop)
         self._last_activity = now = loop.time()
         cfg = self.config
         self._arm(now + min(cfg.keepalive_timeout, cfg.header_timeout))
-        if self.pool is not None and not self.pool.made(self):
-            # over TLS, counted only now that the handshake is done: no place left
-            transport.writelines(  # type: ignore[attr-defined]
-                error_response(503, "server overloaded, try again later", self._server_line)
-            )
-            self._closing = True
-            self._close()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:

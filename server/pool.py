@@ -197,17 +197,20 @@ class ConnectionPool:
             self.active.add(conn)
         return conn
 
-    def made(self, conn: HttpConnection) -> bool:
-        """``conn``'s transport is ready (its ``connection_made``): it counts from now on.
-        False when it may not (over TLS, counted only now: the limit was reached, or the
-        server is shutting down meanwhile): it answers 503 and closes."""
-        if conn in self.active:
+    def made(self, conn: HttpConnection, transport: asyncio.BaseTransport) -> bool:
+        """``conn``, not counted yet (over TLS), has its ``transport`` (the handshake is done):
+        it counts from now on. False when there is no place left (or the server is shutting
+        down): the transport goes where :meth:`__call__` sends such a socket (held, or a
+        503), and ``conn`` back to the free list."""
+        if len(self.active) < self.max and not self._closed:
+            self.active.add(conn)
             return True
-        if len(self.active) >= self.max or self._closed:
-            self.refused += 1
-            return False
-        self.active.add(conn)
-        return True
+        proto = self._overflow()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        if len(self._free) < self.max:
+            self._free.append(conn)
+        return False
 
     def __call__(self) -> asyncio.Protocol:
         """The protocol factory for ``loop.create_server``."""
@@ -217,6 +220,11 @@ class ConnectionPool:
         conn = self.acquire(counted=self.scheme == "http")
         if conn is not None:
             return conn
+        return self._overflow()
+
+    def _overflow(self) -> asyncio.Protocol:
+        """The protocol of a socket beyond ``max_connections``: held (``overload="defer"``,
+        while the queue has room) or answered 503."""
         if (
             self.config.overload == "defer"
             and not self._closed

@@ -253,10 +253,11 @@ async def _write_all(exchange: Exchange, content: AsyncIterable[bytes | str]) ->
 async def _until_client_closes(exchange: Exchange, body: Coroutine[Any, Any, None]) -> None:
     """Run ``body`` in a task of its own while watching for the client to close; if it closes
     first, cancel ``body``, let it finish, and raise :class:`ClientDisconnected`. Cancelled
-    ourselves (a reset, request_timeout, shutdown), we cancel ``body`` too and let it finish."""
+    ourselves (a reset, request_timeout, shutdown; maybe more than once), we cancel ``body``
+    too and still let it finish first: its cleanup belongs to the request."""
     task = asyncio.ensure_future(body)
     closed = asyncio.ensure_future(exchange.wait_client_closed())
-    stopped = False
+    stopped = cancelled = False
     try:
         await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -264,10 +265,17 @@ async def _until_client_closes(exchange: Exchange, body: Coroutine[Any, Any, Non
         if not task.done():
             stopped = True
             task.cancel()
-            await asyncio.wait((task,))  # its finally runs now, while the request still is
-    if stopped:
+            while not task.done():
+                try:
+                    await asyncio.wait((task,))
+                except asyncio.CancelledError:
+                    cancelled = True
+                    task.cancel()
         if not task.cancelled():
-            task.exception()  # (retrieved: whatever it ended with, the client has gone)
+            task.exception()  # (retrieved here: raised below, or moot once stopped)
+    if cancelled:
+        raise asyncio.CancelledError
+    if stopped:
         raise ClientDisconnected("client closed the connection during a streamed response")
     task.result()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import gc
 import logging
 import os
 import time
@@ -1000,3 +1001,42 @@ def test_dump_json_matches_json_dumps() -> None:
     with pytest.raises(RecursionError):
         dump_json(deep)
     assert dump_json({"after": "errors"}) == b'{"after":"errors"}'  # the shared encoder is fine
+
+
+async def test_stream_watch_never_leaves_the_body_running() -> None:
+    """The task a streamed body runs in never outlives its request, however the request ends:
+    cancelled twice (request_timeout, then a forced shutdown) or while the body's cleanup
+    fails; and nothing is left for asyncio to report as never retrieved."""
+    from server.response import _until_client_closes
+
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx["message"]))
+
+    class Watched:
+        async def wait_client_closed(self) -> None:
+            await asyncio.Event().wait()
+
+    async def body(fail: bool) -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await asyncio.sleep(0.05)
+            if fail:
+                raise ValueError("cleanup failed")
+
+    try:
+        for fail, cancels in ((False, 2), (True, 1)):
+            before = asyncio.all_tasks()
+            watch = asyncio.ensure_future(_until_client_closes(Watched(), body(fail)))  # type: ignore[arg-type]
+            for _ in range(cancels):
+                await asyncio.sleep(0.02)
+                watch.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await watch
+            assert asyncio.all_tasks() == before  # the body's task is done too
+        gc.collect()
+        await asyncio.sleep(0.05)
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)

@@ -301,18 +301,22 @@ async def test_tls_failed_handshakes_take_no_connection_place(
         assert len(pool.active) == 0
 
 
-async def test_tls_connections_beyond_the_limit_get_503(
-    cert: tuple[str, str], pools: list[ConnectionPool]
+@pytest.mark.parametrize("overload", ["503", "defer"])
+async def test_tls_connections_beyond_the_limit(
+    cert: tuple[str, str], pools: list[ConnectionPool], overload: str
 ) -> None:
-    """Counted when their handshakes are done, TLS connections still keep max_connections:
-    those beyond it, even when they all arrive at once, are answered 503."""
+    """Counted when their handshakes are done, TLS connections still keep max_connections,
+    even when they all arrive at once: those beyond it are answered 503, or held until a
+    place frees up (``overload="defer"``), as plain ones are."""
     release = asyncio.Event()
 
     async def held(ex: Exchange) -> None:
         await release.wait()
         await echo(ex)
 
-    async with running(held, ssl_certfile=cert[0], ssl_keyfile=cert[1], max_connections=2) as port:
+    async with running(
+        held, ssl_certfile=cert[0], ssl_keyfile=cert[1], max_connections=2, overload=overload
+    ) as port:
         ctx = ssl.create_default_context(cafile=cert[0])
 
         async def one(i: int) -> int:
@@ -324,10 +328,11 @@ async def test_tls_connections_beyond_the_limit_get_503(
 
         tasks = [asyncio.create_task(one(i)) for i in range(6)]
         [pool] = pools
-        await until(lambda: pool.refused == 4)
+        await until(lambda: pool.refused + pool.held == 4)
         assert len(pool.active) == 2
         release.set()
-        assert sorted(await asyncio.gather(*tasks)) == [200, 200, 503, 503, 503, 503]
+        statuses = sorted(await asyncio.gather(*tasks))
+        assert statuses == ([200] * 6 if overload == "defer" else [200, 200, 503, 503, 503, 503])
 
 
 async def test_tls_handshake_has_header_timeout(cert: tuple[str, str]) -> None:
