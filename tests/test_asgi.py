@@ -592,9 +592,6 @@ async def test_e2e_client_reset_does_not_cancel_the_app(fd_count: Any) -> None:
     """As under uvicorn, a reset does not cancel an ASGI app busy with other work: it finds
     out from receive() (http.disconnect) and send() (OSError), and its connection is let go
     once it returns. Starlette's is_disconnected() loop then gets True, not CancelledError."""
-    import socket
-    import struct
-
     from server.testing import live_server
     from tests.test_connection import Raw
 
@@ -640,9 +637,7 @@ async def test_e2e_client_reset_does_not_cancel_the_app(fd_count: Any) -> None:
             c = await Raw.open(port)
             await c.send(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
             await asyncio.sleep(0.05)
-            sock = c.writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            c.writer.transport.abort()  # an RST
+            c.reset()
             await until(lambda: seen == expected)  # noqa: B023
             assert seen == expected
         await until(lambda: fd_count() <= before)
@@ -652,9 +647,6 @@ async def test_e2e_client_reset_does_not_cancel_the_app(fd_count: Any) -> None:
 async def test_e2e_app_left_running_after_a_reset_is_still_bounded() -> None:
     """An ASGI app not cancelled by a reset is still cancelled by request_timeout, and by the
     end of a graceful shutdown (else it would outlive the server)."""
-    import socket
-    import struct
-
     from server.testing import live_server
     from tests.test_connection import Raw
 
@@ -674,9 +666,7 @@ async def test_e2e_app_left_running_after_a_reset_is_still_bounded() -> None:
         c = await Raw.open(port)
         await c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
         await asyncio.sleep(0.05)
-        sock = c.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.writer.transport.abort()
+        c.reset()
 
     async with live_server(app, request_timeout=0.5) as url:
         await reset_after_request(int(url.rsplit(":", 1)[1]))

@@ -3,6 +3,7 @@ subprocess: one line on stderr, exit status 2)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -243,14 +245,31 @@ def test_cli_bad_tls_files_one_line(tmp_path: Path) -> None:
     assert_usage_error(proc, "empty.pem")
 
 
-def _listening_port(proc: subprocess.Popen[str]) -> int:
-    """The port a server started with ``--port 0`` says it listens on (read from its stderr)."""
-    assert proc.stderr is not None
-    while True:
-        line = proc.stderr.readline()
-        assert line, "server ended"
-        if m := re.search(r"listening on http://[^ ]*:(\d+) ", line):
-            return int(m.group(1))
+@contextlib.contextmanager
+def _serving(
+    cmd: list[str], cwd: Path = ROOT, **env: str
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Start a server command given ``--port 0``; yield it and the port it says it listens
+    on (read from its stderr); stop it on exit if it still runs."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        while True:
+            line = proc.stderr.readline()
+            assert line, "server ended"
+            if m := re.search(r"listening on http://[^ ]*:(\d+) ", line):
+                break
+        yield proc, int(m.group(1))
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(20)
 
 
 def test_single_process_ignores_supervisor_signals_and_says_so() -> None:
@@ -258,16 +277,7 @@ def test_single_process_ignores_supervisor_signals_and_says_so() -> None:
     they are logged and ignored, and the server serves on."""
     import http.client
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = _listening_port(proc)
+    with _serving([sys.executable, "-m", "server", "--port", "0"]) as (proc, port):
         for sig in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP, signal.SIGUSR1):
             proc.send_signal(sig)
             line = proc.stderr.readline()  # type: ignore[union-attr]
@@ -276,9 +286,6 @@ def test_single_process_ignores_supervisor_signals_and_says_so() -> None:
         conn.request("GET", "/")
         assert conn.getresponse().status == 200
         conn.close()
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def test_supervisor_signals_stay_ignored_during_the_drain(tmp_path: Path) -> None:
@@ -291,17 +298,9 @@ def test_supervisor_signals_stay_ignored_during_the_drain(tmp_path: Path) -> Non
         "import asyncio\nfrom server import App\napp = App()\n\n@app.get('/slow')\n"
         "async def slow(r):\n    await asyncio.sleep(1.0)\n    return 'late'\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "slowapp:app", "--port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     got: list[tuple[int, bytes]] = []
-    try:
-        port = _listening_port(proc)
+    cmd = [sys.executable, "-m", "server", "slowapp:app", "--port", "0"]
+    with _serving(cmd, cwd=tmp_path) as (proc, port):
 
         def fetch() -> None:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -318,10 +317,6 @@ def test_supervisor_signals_stay_ignored_during_the_drain(tmp_path: Path) -> Non
         t.join(10)
         assert got == [(200, b"late")]
         assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(20)
 
 
 def test_scripts_serve_finds_the_app_from_where_it_is_run(tmp_path: Path) -> None:
@@ -337,23 +332,12 @@ def test_scripts_serve_finds_the_app_from_where_it_is_run(tmp_path: Path) -> Non
     fake = tmp_path / "py"
     fake.write_text(f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n')
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        ["bash", str(ROOT / "scripts" / "serve"), "myapp:app", "--port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = _listening_port(proc)
+    cmd = ["bash", str(ROOT / "scripts" / "serve"), "myapp:app", "--port", "0"]
+    with _serving(cmd, cwd=tmp_path, PYTHON=str(fake)) as (_proc, port):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/")
         assert conn.getresponse().read() == b"mine"
         conn.close()
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def test_cli_taken_port() -> None:
