@@ -291,7 +291,7 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             elif self._job_since and self._wheel is not None:
                 # left to learn of it from our I/O (woken) or, an ASGI app, from receive() and
                 # send() as under uvicorn: request_timeout still bounds it (_on_timer)
-                self._wheel.schedule(self, self._job_since + (self.config.request_timeout or 0.0))
+                self._wheel.schedule(self, self._job_deadline())
         else:
             wake = self._wake
             self._worker = None
@@ -572,15 +572,27 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
             if bucket is None or when < bucket.start:  # (else no earlier: nothing to do)
                 self._wheel.schedule(self, when)  # type: ignore[union-attr]
 
+    def _job_deadline(self) -> float:
+        """When the running job passes ``request_timeout`` (while ``_job_since`` is set)."""
+        return self._job_since + (self.config.request_timeout or 0.0)
+
+    def _check_job(self, now: float) -> float | None:
+        """Cancel the running job if it is past ``request_timeout``; else its deadline, None
+        when no job is watched."""
+        if not self._job_since:
+            return None
+        dl = self._job_deadline()
+        if now < dl:
+            return dl
+        self._job_since = 0.0
+        self._request_timeout()
+        return None
+
     def _on_timer(self) -> None:
         if self._transport is None:  # a handler left running after a reset (connection_lost)
-            if self._job_since:
-                dl = self._job_since + (self.config.request_timeout or 0.0)
-                if self._loop.time() < dl:
-                    self._wheel.schedule(self, dl)  # type: ignore[union-attr]
-                else:
-                    self._job_since = 0.0
-                    self._request_timeout()
+            dl = self._check_job(self._loop.time())
+            if dl is not None:
+                self._wheel.schedule(self, dl)  # type: ignore[union-attr]
             return
         if self._lingering:
             self._transport.close()
@@ -604,13 +616,9 @@ class HttpConnection(HandlerRunner, asyncio.Protocol):
                 self._closing = True
             else:
                 deadlines.append(dl)
-        if self._job_since:
-            dl = self._job_since + (cfg.request_timeout or 0.0)
-            if now >= dl:
-                self._job_since = 0.0
-                self._request_timeout()
-            else:
-                deadlines.append(dl)
+        dl = self._check_job(now)
+        if dl is not None:
+            deadlines.append(dl)
         if not self._queue:
             if self._parser.in_head and self._head_started:
                 dl = self._head_started + cfg.header_timeout

@@ -149,19 +149,19 @@ class WorkerState:
         self.pool = pool
         self.loop = loop
         if self.board is not None:
-            pool.on_refused = self.count_refused
+            pool.on_refused = self.count_status
         stats = getattr(loop, "stats", None)
         if callable(stats):
             values = stats()
             names = [k for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool)]
             self.loop_names = sorted(names)[:LOOP_SLOTS]
 
-    def count_refused(self, status: int) -> None:
-        """A request the connection answered itself with an error (400, 408, 413, 414, 431,
-        501, 505): counted by status like any other, no duration."""
+    def count_status(self, status: int) -> None:
+        """One request answered with ``status`` (Instrument adds its duration; a request the
+        connection refuses itself, a 400 to 505 from the parser, has none)."""
+        w = self.board.words  # type: ignore[union-attr]
+        w[self.base + W_REQUESTS] += 1
         if 0 <= status < 600:
-            w = self.board.words  # type: ignore[union-attr]
-            w[self.base + W_REQUESTS] += 1
             w[self.base + W_STATUS + status] += 1
 
     def set_state(self, state: int) -> None:
@@ -284,11 +284,9 @@ class Instrument:
             self._count(status, (obs.done or time.perf_counter()) - t0)
 
     def _count(self, status: int, duration: float) -> None:
+        self.state.count_status(status)
         w = self.state.board.words  # type: ignore[union-attr]
         base = self.state.base
-        w[base + W_REQUESTS] += 1
-        if 0 <= status < 600:
-            w[base + W_STATUS + status] += 1
         w[base + W_BUCKETS + bisect.bisect_left(BUCKETS, duration)] += 1
         w[base + W_DUR_SUM] += int(duration * 1e6)
         w[base + W_DUR_COUNT] += 1
